@@ -1,0 +1,70 @@
+"""Interaction energies: a local energy between projected tokens, summed by an aggregator over a head structure.
+
+``F(x; c) = A(E)``, ``E_hnm = local(s_hnm, q_hn, k_hm)``, ``q_h = x W^Q_h``, ``k_h = c W^K_h``, ``s_hnm = q_hn·k_hm``,
+where ``x`` (N, D) are the tokens being updated and ``c`` (M, D) the context (``c = x`` for self-attention).
+The energy is a sum over H subspaces of dimension Dh, one per head.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+from energyformer.checks import check_positive_int
+from energyformer.energies.aggregate import Helmholtz
+from energyformer.energies.local import LocalEnergy, inner_product
+from energyformer.energies.params import ParamSpec, normal
+
+
+@dataclasses.dataclass(frozen=True)
+class Interaction:
+  """Multi-head interaction energy ``F(x; c) = A(local(q·k, q, k))`` (see the module docstring).
+
+  With ``values=True`` it also owns value and output projections ``W^V`` (D, H, Dh) and ``W^O`` (H, Dh, D), used
+  only by the *relaxed* derivation: the same attention weights ``−∂F/∂s`` applied to ``v = c W^V`` and
+  projected by ``W^O`` instead of the tied ``k W^Qᵀ``.
+  """
+
+  dim: int
+  num_heads: int
+  head_dim: int
+  local: LocalEnergy = inner_product
+  aggregate: Any = Helmholtz()
+  values: bool = False
+
+  def __post_init__(self):
+    for name in ("dim", "num_heads", "head_dim"):
+      check_positive_int(name, getattr(self, name))
+
+  def specs(self):
+    """Parameters: query/key (and value/output) projections plus the aggregator's own."""
+    shape, axes = (self.dim, self.num_heads, self.head_dim), ("embed", "heads", "head_dim")
+    specs = {
+        "query": ParamSpec(shape, axes, normal(self.dim ** -0.5)),
+        "key": ParamSpec(shape, axes, normal(self.dim ** -0.5)),
+    }
+    if self.values:
+      specs["value"] = ParamSpec(shape, axes, normal(self.dim ** -0.5))
+      specs["output"] = ParamSpec((self.num_heads, self.head_dim, self.dim), ("heads", "head_dim", "embed"),
+                                  normal((self.num_heads * self.head_dim) ** -0.5))
+    return {**specs, **self.aggregate.specs(self.dim, self.num_heads, self.head_dim)}
+
+  def project(self, params, x, context):
+    """``q = x W^Q`` (H, N, Dh), ``k = c W^K`` (H, M, Dh) and the scores ``s = q·k`` (H, N, M)."""
+    q = jnp.einsum("nd,dhk->hnk", x, params["query"])
+    k = jnp.einsum("md,dhk->hmk", context, params["key"])
+    return q, k, jnp.einsum("hnk,hmk->hnm", q, k)
+
+  def from_scores(self, params, scores, q, k, mask, context):
+    """The energy as a function of scores given separately from ``q`` and ``k``: ``A(local(s, q, k))``."""
+    return self.aggregate(self.local(scores, q, k), mask, params, context)
+
+  def __call__(self, params, x, context, mask=None):
+    q, k, scores = self.project(params, x, context)
+    return self.from_scores(params, scores, q, k, mask, context)
+
+  def values_out(self, params, weights, context):
+    """``Σ_h Σ_m a_hnm v_hm W^O_h`` with ``v_h = c W^V_h``: attention output for weights ``a`` (H, N, M)."""
+    v = jnp.einsum("md,dhk->hmk", context, params["value"])
+    return jnp.einsum("hnm,hmk,hkd->nd", weights, v, params["output"])

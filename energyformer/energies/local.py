@@ -1,0 +1,80 @@
+"""Local energies ``E(q_n, k_m)`` between an updated token's query and a context token's key, per head.
+
+Every local energy has the signature ``local(scores, q, k) -> E`` with
+
+* ``q`` of shape (H, N, Dh): the projected tokens being updated (``q_hn = x_n W^Q_h``),
+* ``k`` of shape (H, M, Dh): the projected context (``k_hm = c_m W^K_h``),
+* ``scores`` of shape (H, N, M): the bilinear scores ``s_hnm = q_hn · k_hm``,
+* ``E`` of shape (H, N, M).
+
+A local energy that depends on the tokens only through ``scores`` (plus terms in ``q`` alone) has a *relaxed*
+form: the attention weights ``-∂F/∂s`` with independent value and output projections.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from energyformer.checks import check_range
+
+LocalEnergy = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def inner_product(scores, q, k):
+  """``E_nm = -q_n·k_m``: under a Helmholtz aggregator its gradient step is softmax attention."""
+  del q, k
+  return -scores
+
+
+def elastic(scores, q, k):
+  """``E_nm = ½‖q_n − k_m‖²`` (elastic potential): its gradient step is ``(1−η)z + η·attention``."""
+  q_sq = 0.5 * jnp.sum(q * q, axis=-1)[..., :, None]
+  k_sq = 0.5 * jnp.sum(k * k, axis=-1)[..., None, :]
+  return q_sq - scores + k_sq
+
+
+def quadratic(scores, q, k):
+  """``E_nm = −½(q_n·k_m)²``: with a plain sum its gradient step is unnormalised linear attention."""
+  del q, k
+  return -0.5 * scores * scores
+
+
+def pairwise(fn: Callable[[jax.Array, jax.Array], jax.Array]) -> LocalEnergy:
+  """Lifts ``fn(q: (Dh,), k: (Dh,)) -> scalar`` to a local energy over all heads and pairs.
+
+  ``E_hnm = fn(q_hn, k_hm)``. The result depends on the tokens through ``q`` and ``k`` directly, so its only
+  derived layer is the exact (tied) gradient.
+  """
+  over_keys = jax.vmap(fn, in_axes=(None, 0))
+  over_pairs = jax.vmap(over_keys, in_axes=(0, None))
+  over_heads = jax.vmap(over_pairs, in_axes=(0, 0))
+
+  def local(scores, q, k):
+    del scores
+    energies = over_heads(q, k)
+    if energies.shape != q.shape[:-1] + (k.shape[-2],):
+      raise ValueError(
+          f"a pairwise local energy must return a scalar per (query, key) pair, got shape {energies.shape[3:]} "
+          "per pair; reduce it with jnp.sum or similar.")
+    return energies
+
+  return local
+
+
+def lp(p: float) -> LocalEnergy:
+  """``E_nm = Σ_j |q_nj − k_mj|^p`` (robust l_p energy, p ≥ 1)."""
+  check_range("p", p, 1.0, fix="Use p >= 1 so the energy has a gradient at coincident points.")
+  return pairwise(lambda q, k: jnp.sum(jnp.abs(q - k) ** p))
+
+
+def huber(delta: float = 1.0) -> LocalEnergy:
+  """``E_nm = Σ_j huber_δ(q_nj − k_mj)``: quadratic within δ, linear beyond (δ > 0)."""
+  check_range("delta", delta, 0.0, low_open=True, fix="Use a positive Huber threshold.")
+
+  def huber_pair(q, k):
+    r = jnp.abs(q - k)
+    return jnp.sum(jnp.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta)))
+
+  return pairwise(huber_pair)

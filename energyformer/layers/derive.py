@@ -1,0 +1,140 @@
+"""Energy + solver → layer: the gradient field a solver follows, derived by ``jax.grad``.
+
+Three derivations of the field ``G(x)`` a layer's solver descends:
+
+* ``"tied"`` (query side): ``G(x) = ∂F(z; c)/∂z`` at ``z = c = x`` — the context is held constant, as in standard
+  attention, where each token is updated against fixed keys.
+* ``"full"``: ``G(x) = ∇_x F(x; x)`` — every token's query and key roles are differentiated (Energy Transformer).
+* ``"relaxed"``: the query-side field with the score path untied: for an energy ``F = A(s, x)`` of bilinear
+  scores ``s = q·k``, ``G(x) = ∂A/∂x|_s + Σ_h (∂A/∂s_h) v_h W^O_h``. The attention weights ``−∂A/∂s`` are exact;
+  the tied values ``k W^Qᵀ`` are replaced by independent projections. On the Helmholtz inner-product energy,
+  ``x − G(x)`` is standard multi-head attention plus residual.
+
+With a Lagrangian ``L`` the field is taken with respect to the activations ``g = ∇L(x)``:
+``G(x) = ∂E/∂g |_{g = ∇L(x)}`` (the Energy Transformer's ``τ dx/dt = −∂E/∂g``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from energyformer import solvers as solver_lib
+from energyformer.energies.attention import Interaction
+from energyformer.energies.base import EnergySum
+from energyformer.energies.lagrangians import activation
+
+MODES = ("tied", "full", "relaxed")
+
+
+def checked_energy_value(energy, params, x, context, mask):
+  """``F(x; c)``, with a clear error when the energy does not return a scalar."""
+  value = energy(params, x, context, mask)
+  if jnp.shape(value) != ():
+    raise ValueError(
+        f"an energy must return a scalar, but {_name(energy)} returned shape {jnp.shape(value)}; "
+        "sum it over tokens (and heads), e.g. `return jnp.sum(...)`.")
+  return value
+
+
+def _name(energy) -> str:
+  fn = getattr(energy, "fn", energy)
+  return getattr(fn, "__name__", type(energy).__name__)
+
+
+def tied_gradient(energy, params, x, mask):
+  """``∂F(z; c)/∂z`` at ``z = c = x`` (context held constant)."""
+  return jax.grad(checked_energy_value, argnums=2)(energy, params, x, x, mask)
+
+
+def full_gradient(energy, params, x, mask):
+  """``∇_x F(x; x)`` (query and key roles both differentiated)."""
+  return jax.grad(lambda z: checked_energy_value(energy, params, z, z, mask))(x)
+
+
+def _relaxed_interaction(energy: Interaction, params, x, mask):
+  _, k, scores = energy.project(params, x, x)
+
+  def energy_of_scores(s, z):
+    q = jnp.einsum("nd,dhk->hnk", z, params["query"])
+    return energy.from_scores(params, s, q, k, mask, x)
+
+  score_grad, direct_grad = jax.grad(energy_of_scores, argnums=(0, 1))(scores, x)
+  return direct_grad + energy.values_out(params, score_grad, x)
+
+
+def relaxed_gradient(energy, params, x, mask):
+  """The relaxed field (module docstring): interaction terms with values untied, all other terms exact."""
+  if isinstance(energy, Interaction) and energy.values:
+    return _relaxed_interaction(energy, params, x, mask)
+  if isinstance(energy, EnergySum):
+    return sum(relaxed_gradient(term, params[name], x, mask) for name, term in energy.terms.items())
+  return tied_gradient(energy, params, x, mask)
+
+
+def _has_values(energy) -> bool:
+  if isinstance(energy, EnergySum):
+    return any(_has_values(term) for term in energy.terms.values())
+  return isinstance(energy, Interaction) and energy.values
+
+
+_FIELDS = {"tied": tied_gradient, "full": full_gradient, "relaxed": relaxed_gradient}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """A layer is the triple (energy, solver, derivation): one solver step on the energy's gradient field.
+
+  ``params = {"energy": ..., "lagrangian": ...}`` (the second only with a Lagrangian); ``hparams`` are the
+  solver's. ``solver`` may be a ``Solver`` or a registered name (``"gd"``, ``"momentum"``, ...).
+  """
+
+  energy: Any
+  solver: Any = "gd"
+  mode: str = "tied"
+  lagrangian: Any = None
+
+  def __post_init__(self):
+    if isinstance(self.solver, str):
+      object.__setattr__(self, "solver", solver_lib.get(self.solver))
+    if self.mode not in MODES:
+      raise ValueError(f"unknown derivation mode {self.mode!r}; choose one of {MODES}.")
+    if self.mode == "relaxed" and not _has_values(self.energy):
+      raise ValueError("mode='relaxed' needs an Interaction energy built with values=True (it owns the value and "
+                       "output projections that replace the tied values); use mode='tied' otherwise.")
+    if not callable(self.energy) or not hasattr(self.energy, "specs"):
+      raise TypeError(f"energy must be callable as energy(params, x, context, mask) and declare specs(), got "
+                      f"{type(self.energy).__name__}; wrap a plain function with energyformer.energies.energy(fn).")
+
+  def specs(self):
+    """Parameter declarations of the energy (and Lagrangian)."""
+    specs = {"energy": self.energy.specs()}
+    if self.lagrangian is not None:
+      specs["lagrangian"] = self.lagrangian.specs()
+    return specs
+
+  def activations(self, params, x):
+    """``g = ∇L(x)``, or ``x`` itself without a Lagrangian."""
+    return x if self.lagrangian is None else activation(self.lagrangian, params["lagrangian"], x)
+
+  def energy_value(self, params, x, mask=None):
+    """``E(g; g)`` at ``g = ∇L(x)`` (or ``F(x; x)``)."""
+    g = self.activations(params, x)
+    return checked_energy_value(self.energy, params["energy"], g, g, mask)
+
+  def gradient(self, params, x, mask=None):
+    """The field ``G(x)`` the solver descends (module docstring)."""
+    return _FIELDS[self.mode](self.energy, params["energy"], self.activations(params, x), mask)
+
+  def init_state(self, x):
+    return self.solver.init(x)
+
+  def step(self, params, hparams, x, state, mask=None):
+    """One solver step: ``(x, state) → solver.step(G, x, state, hparams)``."""
+    return self.solver.step(lambda z: self.gradient(params, z, mask), x, state, hparams)
+
+  def default_hparams(self, **overrides):
+    """The solver's hyperparameters (defaults updated by ``overrides``) as arrays."""
+    return self.solver.hparams(**overrides)

@@ -1,0 +1,142 @@
+"""Flax NNX modules that own a layer's parameters and call the pure functions of ``derive`` and ``stack``.
+
+Every parameter is an ``nnx.Param`` carrying logical axis names (``out_sharding`` metadata, e.g.
+``("layers", "embed", "heads", "head_dim")``) for a rules table to map onto a mesh. Parameters an energy declares
+untrained are ``Fixed`` variables; solver hyperparameters are ``Hyperparameter`` variables (or ``nnx.Param`` when
+learned), so a training step can differentiate, freeze or vmap each group by type.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from energyformer.checks import check_mask, check_positive_int, check_tokens
+from energyformer.energies.base import EnergySum
+from energyformer.energies.params import ParamSpec, init_params
+from energyformer.layers.split import Split
+from energyformer.layers.stack import Rollout, unroll
+from energyformer.solvers.base import check_hparams
+
+
+class Fixed(nnx.Variable):
+  """An energy parameter that is not trained (for example a fixed temperature)."""
+
+
+class Hyperparameter(nnx.Variable):
+  """A solver hyperparameter (η, β, dt, ...) held fixed by training; vmapped in hyperparameter studies."""
+
+
+def _is_variable(node) -> bool:
+  return isinstance(node, nnx.Variable)
+
+
+def _wrap_params(values, specs, leading_axes: tuple):
+  def wrap(value, spec: ParamSpec):
+    kind = nnx.Param if spec.trainable else Fixed
+    return kind(value, out_sharding=leading_axes + tuple(spec.axes), eager_sharding=False)
+
+  return jax.tree.map(wrap, values, specs, is_leaf=lambda n: isinstance(n, ParamSpec))
+
+
+def _wrap_hparams(values, learnable: bool, leading_axes: tuple):
+  kind = nnx.Param if learnable else Hyperparameter
+  return jax.tree.map(lambda v: kind(v, out_sharding=leading_axes + (None,) * (jnp.ndim(v) - len(leading_axes)),
+                                     eager_sharding=False), values)
+
+
+def unwrap(tree):
+  """The raw arrays of a pytree of NNX variables."""
+  return jax.tree.map(lambda v: v[...], tree, is_leaf=_is_variable)
+
+
+def _parts(layer):
+  return layer.parts if isinstance(layer, Split) else (layer,)
+
+
+def model_dim(layer) -> int | None:
+  """The token width an energy (or Lagrangian) of the layer declares, if any."""
+  for part in _parts(layer):
+    for obj in (part.lagrangian, *(part.energy.terms.values() if isinstance(part.energy, EnergySum) else (part.energy,))):
+      if getattr(obj, "dim", None) is not None:
+        return obj.dim
+  return None
+
+
+def _check_hparam_tree(layer, hparams, stacked: bool):
+  pairs = zip(_parts(layer), hparams) if isinstance(layer, Split) else [(layer, hparams)]
+  for part, h in pairs:
+    check_hparams(part.solver, h)
+
+
+class EnergyStack(nnx.Module):
+  """``depth`` solver steps of ``layer`` over the tokens, as one ``lax.scan``.
+
+  ``shared=False``: one parameter set per step (a stack of layers, parameters with a leading ``"layers"`` axis).
+  ``shared=True``: one parameter set used at every step (recurrent depth, e.g. the Energy Transformer).
+  ``stacked_hparams=True`` gives each step its own solver hyperparameters (e.g. per-layer step sizes).
+  """
+
+  def __init__(self, layer, depth: int, *, rngs: nnx.Rngs, shared: bool = False, hparams=None,
+               learn_hparams: bool = False, stacked_hparams: bool = False, remat: bool = True,
+               dtype=jnp.float32):
+    check_positive_int("depth", depth)
+    self.layer, self.depth, self.shared, self.remat = layer, depth, shared, remat
+    self.stacked_hparams = stacked_hparams
+    specs = layer.specs()
+    key = rngs.params()
+    if shared:
+      values = init_params(specs, key, dtype)
+    else:
+      values = jax.vmap(lambda k: init_params(specs, k, dtype))(jax.random.split(key, depth))
+    self.params = nnx.data(_wrap_params(values, specs, () if shared else ("layers",)))
+    if hparams is None:
+      hparams = layer.default_hparams()
+      if stacked_hparams:
+        hparams = jax.tree.map(lambda v: jnp.broadcast_to(v, (depth,) + jnp.shape(v)), hparams)
+    _check_hparam_tree(layer, hparams, stacked_hparams)
+    self.hparams = nnx.data(_wrap_hparams(hparams, learn_hparams, ("layers",) if stacked_hparams else ()))
+
+  def rollout(self, x, mask=None, state=None, *, record_energy: bool = False) -> Rollout:
+    """Runs the depth scan on ``x`` of shape (N, D) or (B, N, D); ``mask`` is (N, N) or (B, N, N)."""
+    dim = model_dim(self.layer)
+    if dim is not None:
+      check_tokens(x, dim)
+    batch_shape = tuple(jnp.shape(x)[:-2])
+    check_mask(mask, x.shape[-2], x.shape[-2], batch_shape)
+    run = functools.partial(unroll, self.layer, unwrap(self.params), unwrap(self.hparams), num_steps=self.depth,
+                            stacked_params=not self.shared, stacked_hparams=self.stacked_hparams,
+                            record_energy=record_energy, remat=self.remat)
+    if not batch_shape:
+      return run(x, mask, state=state)
+    if len(batch_shape) > 1:
+      raise ValueError(f"x must have shape (N, D) or (B, N, D), got {jnp.shape(x)}; reshape the batch to one axis.")
+    mask_axis = 0 if mask is not None and jnp.ndim(mask) == 3 else None
+    state_axis = None if state is None else 0
+    return jax.vmap(lambda xi, mi, si: run(xi, mi, state=si), in_axes=(0, mask_axis, state_axis))(x, mask, state)
+
+  def __call__(self, x, mask=None):
+    """The tokens after ``depth`` steps."""
+    return self.rollout(x, mask).x
+
+  def energy(self, x, mask=None, step: int = 0):
+    """The energy of step ``step``'s parameters at tokens ``x`` (summed over a batch)."""
+    params = unwrap(self.params)
+    if not self.shared:
+      params = jax.tree.map(lambda p: p[step], params)
+    value = functools.partial(self.layer.energy_value, params)
+    if x.ndim == 2:
+      return value(x, mask)
+    mask_axis = 0 if mask is not None and jnp.ndim(mask) == 3 else None
+    return jnp.sum(jax.vmap(value, in_axes=(0, mask_axis))(x, mask))
+
+
+class EnergyLayer(EnergyStack):
+  """A single layer: one solver step of ``layer`` (an ``EnergyStack`` of depth 1 with unstacked parameters)."""
+
+  def __init__(self, layer, *, rngs: nnx.Rngs, hparams=None, learn_hparams: bool = False, remat: bool = False,
+               dtype=jnp.float32):
+    super().__init__(layer, 1, rngs=rngs, shared=True, hparams=hparams, learn_hparams=learn_hparams, remat=remat,
+                     dtype=dtype)

@@ -1,0 +1,56 @@
+"""Depth is optimisation time: ``lax.scan`` of a layer's solver step over layers or recurrent steps.
+
+The carry is ``(x, solver_state)``, so momentum streams cross layers. Parameters and hyperparameters are either
+*stacked* (leading axis = depth, one set per step) or *shared* (one set for every step, recurrent depth).
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from energyformer.checks import check_positive_int
+
+
+class Rollout(NamedTuple):
+  """Result of a depth unroll: final tokens and solver state, and (optionally) the energy before/after each step."""
+
+  x: jax.Array
+  state: Any
+  energy_before: jax.Array | None
+  energy_after: jax.Array | None
+
+
+def unroll(layer, params, hparams, x, mask=None, *, num_steps: int, stacked_params: bool = True,
+           stacked_hparams: bool = False, state=None, record_energy: bool = False, remat: bool = True) -> Rollout:
+  """``(x_{l+1}, s_{l+1}) = layer.step(θ_l, h_l, x_l, s_l)`` for ``l < num_steps``, one sequence ``x`` (N, D).
+
+  ``θ_l`` is ``params[l]`` when ``stacked_params`` else ``params``; likewise ``h_l`` and ``hparams``.
+  ``remat`` wraps each step in ``jax.checkpoint`` so training memory stays flat in depth.
+  """
+  check_positive_int("num_steps", num_steps)
+  state = layer.init_state(x) if state is None else state
+  per_step = {"params": params if stacked_params else None, "hparams": hparams if stacked_hparams else None}
+  for name, stacked in per_step.items():
+    if stacked is not None:
+      depths = {leaf.shape[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(stacked)}
+      if depths and depths != {num_steps}:
+        raise ValueError(f"stacked {name} must have a leading depth axis of size num_steps={num_steps}, got "
+                         f"sizes {sorted(depths, key=str)}; stack one set per step or pass stacked_{name}=False.")
+
+  def body(carry, xs):
+    tokens, solver_state = carry
+    theta = params if xs["params"] is None else xs["params"]
+    h = hparams if xs["hparams"] is None else xs["hparams"]
+    new_tokens, solver_state = layer.step(theta, h, tokens, solver_state, mask)
+    record = None
+    if record_energy:
+      record = (layer.energy_value(theta, tokens, mask), layer.energy_value(theta, new_tokens, mask))
+    return (new_tokens, solver_state), record
+
+  if remat:
+    body = jax.checkpoint(body)
+  (x, state), records = jax.lax.scan(body, (x, state), per_step, length=num_steps)
+  before, after = records if record_energy else (None, None)
+  return Rollout(x, state, before, after)

@@ -23,6 +23,7 @@ _RANGES = {
     "dt": (0.0, None, True, False, "Use a positive Euler step dt."),
     "tau": (0.0, None, True, False, "Use a positive time constant tau."),
     "curvature_bias": (None, None, False, False, ""),
+    "curvature_scale": (0.0, None, True, False, "Use a positive curvature scale alpha (below 2/lambda_max(H))."),
 }
 
 

@@ -13,28 +13,33 @@ def hessian_vector_product(grad_fn, x, v):
   return jax.jvp(grad_fn, (x,), (v,))[1]
 
 
-def neumann_direction(grad_fn, x, num_terms: int):
-  """``d = Σ_{j=0}^{K} (I − H)^j ∇F(x)``: the K-term Neumann series of ``H⁻¹ ∇F``."""
-  gradient = grad_fn(x)
+def neumann_direction(grad_fn, x, num_terms: int, scale=1.0):
+  """``d = α Σ_{j=0}^{K} (I − α H)^j ∇F(x)``: the K-term Neumann series of ``H⁻¹ ∇F``.
+
+  The series converges to ``H⁻¹ ∇F`` when the spectrum of ``α H`` lies in (0, 2); α = 1 is the plain series.
+  """
+  gradient = scale * grad_fn(x)
   term, direction = gradient, gradient
   for _ in range(num_terms):
-    term = term - hessian_vector_product(grad_fn, x, term)
+    term = term - scale * hessian_vector_product(grad_fn, x, term)
     direction = direction + term
   return direction
 
 
-def newton(eta: float = 1.0, num_terms: int = 1) -> Solver:
-  """Neumann-Newton (MHA2nd1st for ``num_terms=1``): ``x⁺ = x − η Σ_{j≤K} (I − H)^j ∇F(x)``.
+def newton(eta: float = 1.0, curvature_scale: float = 1.0, num_terms: int = 1) -> Solver:
+  """Neumann-Newton (MHA2nd1st for ``num_terms=1``, α = 1): ``x⁺ = x − η α Σ_{j≤K} (I − α H)^j ∇F(x)``.
 
   For ``K = 1`` the step is ``x − η (2∇F − H∇F)``; on the elastic Helmholtz energy, whose Hessian is
-  ``I − Σ_p/T``, it equals ``x − η (I + Σ_p/T)(x − μ)``: a second attention-like pass.
+  ``I − Σ_p/T``, it equals ``x − η (I + Σ_p/T)(x − μ)``: a second attention-like pass. Where the curvature
+  exceeds 2 the plain series turns uphill; a curvature scale α < 2/λ_max(H) restores descent.
   """
   check_positive_int("num_terms", num_terms)
 
   def step(grad_fn, x, state, hparams):
-    return x - hparams["eta"] * neumann_direction(grad_fn, x, num_terms), state
+    direction = neumann_direction(grad_fn, x, num_terms, hparams["curvature_scale"])
+    return x - hparams["eta"] * direction, state
 
-  return Solver("newton", lambda x: (), step, {"eta": eta}, ("eta",))
+  return Solver("newton", lambda x: (), step, {"eta": eta, "curvature_scale": curvature_scale}, ("eta",))
 
 
 def light_newton(eta: float = 1.0, curvature_bias: float = 0.0, eps: float = 1e-6) -> Solver:

@@ -10,7 +10,8 @@ Three layers over the same tokens, all with causal masking, H heads of size Dh (
 For each sequence length it measures, with the pure functions (no NNX): forward time, train-step time
 (``jax.grad`` of ``sum(out²)`` w.r.t. every trainable weight and the inputs; for the derived layers this is a
 derivative of a derivative), and the temporary memory XLA reserves for each compiled function. Times are medians
-of several runs after a warm-up, with ``block_until_ready``. Ratios are to the reference.
+of several runs after a warm-up, with ``block_until_ready``, interleaved across the three layers so that other
+load on the machine falls on each alike. Ratios are to the reference.
 
     python benchmarks/attention.py                    # S = 512 and 2048
     python benchmarks/attention.py --seq 1024 --quick
@@ -94,23 +95,23 @@ def split_params(params, specs):
 
 # --- measurement ---------------------------------------------------------------------------------------------
 
-def temp_bytes(fn, *args) -> int:
-  return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+def compile_fn(fn, args):
+  """The compiled executable of ``jax.jit(fn)`` for ``args`` (timed and memory-analysed as one object)."""
+  return jax.jit(fn).lower(*args).compile()
 
 
-def timed(fn, args, repeats: int):
-  """(median seconds, last output) of ``fn(*args)`` after one warm-up call."""
-  out = jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), out
+def run_once(compiled, args):
+  """(seconds, output) of one call, waiting for the result."""
+  start = time.perf_counter()
+  out = jax.block_until_ready(compiled(*args))
+  return time.perf_counter() - start, out
 
 
-def max_abs_diff(a, b) -> float:
-  return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+def relative_diff(a, b) -> float:
+  """``max |a − b| / max |b|`` over all leaves of two pytrees."""
+  diff = max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  scale = max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(b))
+  return diff / scale
 
 
 def measure(seq: int, heads: int, head_dim: int, batch: int, repeats: int, seed: int = 0) -> dict:
@@ -126,35 +127,41 @@ def measure(seq: int, heads: int, head_dim: int, batch: int, repeats: int, seed:
   tied_specs = tied.specs()["energy"]
   tied_weights, tied_fixed = split_params({name: params[name] for name in tied_specs}, tied_specs)
 
-  cases = {
+  layers = {
       "reference": (reference_layer, (weights, fixed, x)),
       "relaxed": (derived_layer(relaxed, relaxed.default_hparams()), (weights, fixed, x)),
       "tied": (derived_layer(tied, tied.default_hparams()), (tied_weights, tied_fixed, x)),
   }
-  rows, outputs = {}, {}
-  for name, (apply, args) in cases.items():
-    grad = train_step(apply)
-    start = time.perf_counter()
-    fwd_time, fwd_out = timed(jax.jit(apply), args, repeats)
-    train_time, train_out = timed(jax.jit(grad), args, repeats)
-    rows[name] = {
-        "forward_s": fwd_time,
-        "train_step_s": train_time,
-        "forward_temp_bytes": temp_bytes(apply, *args),
-        "train_step_temp_bytes": temp_bytes(grad, *args),
-        "wall_s": time.perf_counter() - start,
-    }
-    outputs[name] = (fwd_out, train_out)
+  jobs = {}  # (layer, "forward" | "train_step") -> (compiled, args)
+  rows = {name: {} for name in layers}
+  for name, (apply, args) in layers.items():
+    for kind, fn in (("forward", apply), ("train_step", train_step(apply))):
+      start = time.perf_counter()
+      compiled = compile_fn(fn, args)
+      rows[name][f"{kind}_compile_s"] = time.perf_counter() - start
+      rows[name][f"{kind}_temp_bytes"] = compiled.memory_analysis().temp_size_in_bytes
+      jobs[name, kind] = (compiled, args)
+
+  # Warm-up, then the repeats interleaved across layers, so that load from elsewhere on the machine falls on
+  # every layer alike.
+  outputs = {job: run_once(*jobs[job])[1] for job in jobs}
+  times = {job: [] for job in jobs}
+  for _ in range(repeats):
+    for job in jobs:
+      times[job].append(run_once(*jobs[job])[0])
+  for (name, kind), ts in times.items():
+    rows[name][f"{kind}_s"] = statistics.median(ts)
+    rows[name][f"{kind}_min_s"] = min(ts)
+    rows[name][f"{kind}_times_s"] = ts
 
   ref = rows["reference"]
   for name, row in rows.items():
     row["ratios"] = {k: row[k] / ref[k] if ref[k] else float("nan")
                      for k in ("forward_s", "train_step_s", "forward_temp_bytes", "train_step_temp_bytes")}
   # The relaxed layer is the reference attention: same output and same training gradients.
-  ref_out, ref_grads = outputs["reference"]
-  rel_out, rel_grads = outputs["relaxed"]
-  rows["relaxed"]["max_abs_diff_forward"] = max_abs_diff(rel_out, ref_out)
-  rows["relaxed"]["max_abs_diff_grads"] = max_abs_diff(rel_grads, ref_grads)
+  rows["relaxed"]["rel_diff_forward"] = relative_diff(outputs["relaxed", "forward"], outputs["reference", "forward"])
+  rows["relaxed"]["rel_diff_grads"] = relative_diff(outputs["relaxed", "train_step"],
+                                                    outputs["reference", "train_step"])
   return {"seq": seq, "batch": batch, "heads": heads, "head_dim": head_dim, "dim": dim, "repeats": repeats,
           "layers": rows}
 
@@ -174,8 +181,8 @@ def print_table(results) -> None:
     print("-" * len(header))
   for result in results:
     row = result["layers"]["relaxed"]
-    print(f"S={result['seq']}: relaxed vs reference max |Δ| output {row['max_abs_diff_forward']:.2e}, "
-          f"gradients {row['max_abs_diff_grads']:.2e}")
+    print(f"S={result['seq']}: relaxed vs reference, max |Δ| / max |reference|: output "
+          f"{row['rel_diff_forward']:.1e}, train-step gradients {row['rel_diff_grads']:.1e}")
   print()
   for result in results:
     for name in ("relaxed", "tied"):
@@ -192,8 +199,8 @@ def main(argv=None) -> None:
   parser.add_argument("--head-dim", type=int, default=64)
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=None,
-                      help="timed runs per measurement (default: 9 below S=1024, 5 below 2048, else 3)")
-  parser.add_argument("--quick", action="store_true", help="S = 256 only (unless --seq) and 2 repeats")
+                      help="timed runs per measurement (default: 11 below S=1024, 7 below 2048, else 5)")
+  parser.add_argument("--quick", action="store_true", help="S = 256 only (unless --seq) and 3 repeats")
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   args = parser.parse_args(argv)
 
@@ -207,7 +214,7 @@ def main(argv=None) -> None:
 
   results = []
   for seq in seqs:
-    repeats = args.repeats or (2 if args.quick else 9 if seq < 1024 else 5 if seq < 2048 else 3)
+    repeats = args.repeats or (3 if args.quick else 11 if seq < 1024 else 7 if seq < 2048 else 5)
     results.append(measure(seq, args.heads, args.head_dim, args.batch, repeats))
   print_table(results)
 

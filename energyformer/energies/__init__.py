@@ -5,5 +5,5 @@ from energyformer.energies.attention import Interaction
 from energyformer.energies.base import EnergySum, FunctionEnergy, energy
 from energyformer.energies.lagrangians import LayerNormLagrangian, RMSLagrangian, activation
 from energyformer.energies.local import elastic, huber, inner_product, lp, pairwise, quadratic
-from energyformer.energies.memory import HopfieldLogSumExp, HopfieldReLU2
+from energyformer.energies.memory import HopfieldLogSumExp, HopfieldReLU2, Potential
 from energyformer.energies.params import ParamSpec, constant, init_params, normal, param_axes, param_trainable

@@ -15,26 +15,71 @@ from energyformer.energies.params import ParamSpec, constant, normal
 
 
 def _memory_spec(dim, num_memories):
-  return ParamSpec((num_memories, dim), ("memories", "embed"), normal(dim ** -0.5))
+  return ParamSpec((num_memories, dim), ("mlp", "embed"), normal(dim ** -0.5))
+
+
+def _relu_potential(h):
+  """``Φ(h) = ½ ReLU(h)²``, so ``Φ' = ReLU``."""
+  return 0.5 * jnp.square(jax.nn.relu(h))
+
+
+def _gelu_potential(h):
+  """``Φ(h) = ½((h² − 1) N(h) + h n(h)) + ¼`` with N, n the normal cdf and pdf, so ``Φ' = h N(h) = GELU``."""
+  cdf = jax.scipy.stats.norm.cdf(h)
+  pdf = jax.scipy.stats.norm.pdf(h)
+  return 0.5 * ((h * h - 1.0) * cdf + h * pdf) + 0.25
+
+
+POTENTIALS = {"relu": _relu_potential, "gelu": _gelu_potential}
 
 
 @dataclasses.dataclass(frozen=True)
-class HopfieldReLU2:
-  """``E = −½ Σ_n Σ_μ ReLU(ξ_μ·x_n)²``; ``−∇E`` is a bias-free MLP with tied weights ``ξᵀ ReLU(ξ x)``."""
+class Potential:
+  """Element-wise potential energy ``E = −Σ_n Σ_μ Φ(ξ_μ·x_n + b_μ)`` with ``Φ' = σ`` (ReLU or exact GELU).
+
+  ``−∇E = ξᵀ σ(ξ x + b)``: a tied-weight MLP. With ``values=True`` the relaxed derivation keeps the hidden
+  activations ``σ(h)`` and projects them with an independent ``W^out`` (M, D): ``−G = σ(h) W^out``, the
+  standard two-layer MLP.
+  """
 
   dim: int
   num_memories: int
+  activation: str = "relu"
+  bias: bool = False
+  values: bool = False
 
   def __post_init__(self):
     check_positive_int("dim", self.dim)
     check_positive_int("num_memories", self.num_memories)
+    if self.activation not in POTENTIALS:
+      raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(POTENTIALS)} "
+                       "(each is the derivative of a closed-form potential).")
 
   def specs(self):
-    return {"memories": _memory_spec(self.dim, self.num_memories)}
+    specs = {"memories": _memory_spec(self.dim, self.num_memories)}
+    if self.bias:
+      specs["bias"] = ParamSpec((self.num_memories,), ("mlp",), constant(0.0))
+    if self.values:
+      specs["output"] = ParamSpec((self.num_memories, self.dim), ("mlp", "embed"), normal(self.num_memories ** -0.5))
+    return specs
+
+  def hidden(self, params, x):
+    """Pre-activations ``h = x ξᵀ + b`` of shape (N, M)."""
+    h = x @ params["memories"].T
+    return h + params["bias"] if self.bias else h
 
   def __call__(self, params, x, context=None, mask=None):
-    hidden = jax.nn.relu(x @ params["memories"].T)
-    return -0.5 * jnp.sum(hidden * hidden)
+    return -jnp.sum(POTENTIALS[self.activation](self.hidden(params, x)))
+
+  def relaxed_gradient(self, params, x, mask=None):
+    """``G = (∂E/∂h) W^out = −σ(h) W^out``."""
+    hidden_grad = jax.grad(lambda h: -jnp.sum(POTENTIALS[self.activation](h)))(self.hidden(params, x))
+    return hidden_grad @ params["output"]
+
+
+def HopfieldReLU2(dim: int, num_memories: int) -> Potential:
+  """The Energy Transformer's Hopfield energy ``E = −½ Σ_n Σ_μ ReLU(ξ_μ·x_n)²``: a bias-free ReLU ``Potential``."""
+  return Potential(dim, num_memories, "relu")
 
 
 @dataclasses.dataclass(frozen=True)

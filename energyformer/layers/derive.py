@@ -8,7 +8,8 @@ Three derivations of the field ``G(x)`` a layer's solver descends:
 * ``"relaxed"``: the query-side field with the score path untied: for an energy ``F = A(s, x)`` of bilinear
   scores ``s = q·k``, ``G(x) = ∂A/∂x|_s + Σ_h (∂A/∂s_h) v_h W^O_h``. The attention weights ``−∂A/∂s`` are exact;
   the tied values ``k W^Qᵀ`` are replaced by independent projections. On the Helmholtz inner-product energy,
-  ``x − G(x)`` is standard multi-head attention plus residual.
+  ``x − G(x)`` is standard multi-head attention plus residual. A ``Potential`` energy ``−Σ Φ(ξ x + b)`` relaxes
+  the same way: hidden activations ``σ(h)`` with an independent output projection, the standard MLP.
 
 With a Lagrangian ``L`` the field is taken with respect to the activations ``g = ∇L(x)``:
 ``G(x) = ∂E/∂g |_{g = ∇L(x)}`` (the Energy Transformer's ``τ dx/dt = −∂E/∂g``).
@@ -66,18 +67,20 @@ def _relaxed_interaction(energy: Interaction, params, x, mask):
 
 
 def relaxed_gradient(energy, params, x, mask):
-  """The relaxed field (module docstring): interaction terms with values untied, all other terms exact."""
+  """The relaxed field (module docstring): terms built with ``values=True`` untied, all other terms exact."""
   if isinstance(energy, Interaction) and energy.values:
     return _relaxed_interaction(energy, params, x, mask)
   if isinstance(energy, EnergySum):
     return sum(relaxed_gradient(term, params[name], x, mask) for name, term in energy.terms.items())
+  if getattr(energy, "values", False) and hasattr(energy, "relaxed_gradient"):
+    return energy.relaxed_gradient(params, x, mask)
   return tied_gradient(energy, params, x, mask)
 
 
 def _has_values(energy) -> bool:
   if isinstance(energy, EnergySum):
     return any(_has_values(term) for term in energy.terms.values())
-  return isinstance(energy, Interaction) and energy.values
+  return bool(getattr(energy, "values", False))
 
 
 _FIELDS = {"tied": tied_gradient, "full": full_gradient, "relaxed": relaxed_gradient}
@@ -102,8 +105,8 @@ class Layer:
     if self.mode not in MODES:
       raise ValueError(f"unknown derivation mode {self.mode!r}; choose one of {MODES}.")
     if self.mode == "relaxed" and not _has_values(self.energy):
-      raise ValueError("mode='relaxed' needs an Interaction energy built with values=True (it owns the value and "
-                       "output projections that replace the tied values); use mode='tied' otherwise.")
+      raise ValueError("mode='relaxed' needs an energy built with values=True (an Interaction or Potential that owns "
+                       "the value/output projections replacing the tied ones); use mode='tied' otherwise.")
     if not callable(self.energy) or not hasattr(self.energy, "specs"):
       raise TypeError(f"energy must be callable as energy(params, x, context, mask) and declare specs(), got "
                       f"{type(self.energy).__name__}; wrap a plain function with energyformer.energies.energy(fn).")

@@ -1,16 +1,18 @@
 """Cost of the derived softmax attention layer against a reference multi-head attention, in one run.
 
-Three layers over the same tokens, all with causal masking, H heads of size Dh (D = H·Dh), float32:
+Layers over the same tokens, all with causal masking, H heads of size Dh (D = H·Dh), float32:
 
 * ``reference``: q/k/v/o projections + ``jax.nn.dot_product_attention`` + residual,
 * ``relaxed``: ``Layer(Interaction(D, H, Dh, values=True), "gd", mode="relaxed")`` — one gradient step on the
   Helmholtz inner-product energy with independent value/output projections (equal to the reference),
-* ``tied``: ``Layer(Interaction(D, H, Dh), "gd", mode="tied")`` — the exact gradient step (values ``k W^Qᵀ``).
+* ``tied``: ``Layer(Interaction(D, H, Dh), "gd", mode="tied")`` — the exact gradient step (values ``k W^Qᵀ``),
+* ``einsum``: the reference written out with einsums and ``jax.nn.softmax`` (a second baseline: how much of a
+  ratio is the derived layer and how much is ``dot_product_attention``'s own lowering).
 
 For each sequence length it measures, with the pure functions (no NNX): forward time, train-step time
 (``jax.grad`` of ``sum(out²)`` w.r.t. every trainable weight and the inputs; for the derived layers this is a
 derivative of a derivative), and the temporary memory XLA reserves for each compiled function. Times are medians
-of several runs after a warm-up, with ``block_until_ready``, interleaved across the three layers so that other
+of several runs after a warm-up, with ``block_until_ready``, interleaved across the layers so that other
 load on the machine falls on each alike. Ratios are to the reference.
 
     python benchmarks/attention.py                    # S = 512 and 2048
@@ -24,6 +26,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -59,6 +62,18 @@ def reference_layer(weights, fixed, x):
   v = jnp.einsum("bnd,dhk->bnhk", x, weights["value"])
   attended = jax.nn.dot_product_attention(q, k, v, is_causal=True)
   return x + jnp.einsum("bnhk,hkd->bnd", attended, weights["output"])
+
+
+def einsum_layer(weights, fixed, x):
+  """``x + MHA(x)`` written out: einsum scores in (B, H, N, M), ``jnp.where`` causal mask, ``jax.nn.softmax``."""
+  del fixed
+  head_dim = weights["query"].shape[-1]
+  q = jnp.einsum("bnd,dhk->bhnk", x, weights["query"]) * head_dim ** -0.5
+  k = jnp.einsum("bnd,dhk->bhnk", x, weights["key"])
+  v = jnp.einsum("bnd,dhk->bhnk", x, weights["value"])
+  scores = jnp.where(masks.causal(x.shape[1]), jnp.einsum("bhnk,bhmk->bhnm", q, k), -jnp.inf)
+  probs = jax.nn.softmax(scores, axis=-1)
+  return x + jnp.einsum("bhnm,bhmk,hkd->bnd", probs, v, weights["output"])
 
 
 def derived_layer(layer: Layer, hparams):
@@ -131,6 +146,7 @@ def measure(seq: int, heads: int, head_dim: int, batch: int, repeats: int, seed:
       "reference": (reference_layer, (weights, fixed, x)),
       "relaxed": (derived_layer(relaxed, relaxed.default_hparams()), (weights, fixed, x)),
       "tied": (derived_layer(tied, tied.default_hparams()), (tied_weights, tied_fixed, x)),
+      "einsum": (einsum_layer, (weights, fixed, x)),
   }
   jobs = {}  # (layer, "forward" | "train_step") -> (compiled, args)
   rows = {name: {} for name in layers}
@@ -158,10 +174,10 @@ def measure(seq: int, heads: int, head_dim: int, batch: int, repeats: int, seed:
   for name, row in rows.items():
     row["ratios"] = {k: row[k] / ref[k] if ref[k] else float("nan")
                      for k in ("forward_s", "train_step_s", "forward_temp_bytes", "train_step_temp_bytes")}
-  # The relaxed layer is the reference attention: same output and same training gradients.
-  rows["relaxed"]["rel_diff_forward"] = relative_diff(outputs["relaxed", "forward"], outputs["reference", "forward"])
-  rows["relaxed"]["rel_diff_grads"] = relative_diff(outputs["relaxed", "train_step"],
-                                                    outputs["reference", "train_step"])
+  # The relaxed layer (and the einsum baseline) is the reference attention: same output, same training gradients.
+  for name in ("relaxed", "einsum"):
+    for kind in ("forward", "train_step"):
+      rows[name][f"{kind}_rel_diff"] = relative_diff(outputs[name, kind], outputs["reference", kind])
   return {"seq": seq, "batch": batch, "heads": heads, "head_dim": head_dim, "dim": dim, "repeats": repeats,
           "layers": rows}
 
@@ -180,9 +196,10 @@ def print_table(results) -> None:
             f"{row['train_step_temp_bytes'] / MB:>13.1f} {r['train_step_temp_bytes']:>5.2f}x")
     print("-" * len(header))
   for result in results:
-    row = result["layers"]["relaxed"]
-    print(f"S={result['seq']}: relaxed vs reference, max |Δ| / max |reference|: output "
-          f"{row['rel_diff_forward']:.1e}, train-step gradients {row['rel_diff_grads']:.1e}")
+    for name in ("relaxed", "einsum"):
+      row = result["layers"][name]
+      print(f"S={result['seq']}: {name} vs reference, max |Δ| / max |reference|: output "
+            f"{row['forward_rel_diff']:.1e}, train-step gradients {row['train_step_rel_diff']:.1e}")
   print()
   for result in results:
     for name in ("relaxed", "tied"):
@@ -190,6 +207,10 @@ def print_table(results) -> None:
       print(f"S={result['seq']}: {name} forward time {r['forward_s']:.2f}x, train-step time "
             f"{r['train_step_s']:.2f}x, forward temp memory {r['forward_temp_bytes']:.2f}x, "
             f"train-step temp memory {r['train_step_temp_bytes']:.2f}x")
+    rel, ein = result["layers"]["relaxed"], result["layers"]["einsum"]
+    print(f"S={result['seq']}: relaxed vs einsum baseline: forward time "
+          f"{rel['forward_s'] / ein['forward_s']:.2f}x, train-step time "
+          f"{rel['train_step_s'] / ein['train_step_s']:.2f}x")
 
 
 def main(argv=None) -> None:
@@ -220,7 +241,7 @@ def main(argv=None) -> None:
 
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"machine": info, "results": results}, f, indent=2)
+      json.dump({"command": " ".join(sys.argv), "machine": info, "results": results}, f, indent=2)
     print(f"\nwrote {args.json}")
 
 

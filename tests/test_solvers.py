@@ -16,8 +16,13 @@ def _tokens(seed, shape=(N, D)):
   return jax.random.normal(jax.random.key(seed), shape)
 
 
+def _init(energy, seed, dtype=jnp.float32):
+  """The energy's parameters drawn from its specs (in one compiled call)."""
+  return jax.jit(lambda key: energies.init_params(energy.specs(), key, dtype))(jax.random.key(seed))
+
+
 def _interaction_params(seed, dtype=jnp.float32):
-  return energies.init_params(energies.Interaction(D, H, DH).specs(), jax.random.key(seed), dtype)
+  return _init(energies.Interaction(D, H, DH), seed, dtype)
 
 
 def helmholtz_grad(params, z, c):
@@ -79,7 +84,7 @@ def test_first_order_step_matches_formula(name, kind):
   x = _tokens(0)
   m = 0.5 * _tokens(1) if name in ("momentum", "nesterov") else None
   state = m if m is not None else layer.init_state(x)
-  x_new, state_new = layer.step({"energy": params}, hp, x, state)
+  x_new, state_new = jax.jit(layer.step)({"energy": params}, hp, x, state)
   x_ref, m_ref = _first_order_reference(name, {k: float(v) for k, v in hp.items()}, g, x, m)
   np.testing.assert_allclose(x_new, x_ref, **TOL)
   if m_ref is not None:
@@ -92,7 +97,7 @@ def test_momentum_init_is_zero_buffer():
   x = _tokens(2)
   for name in ("momentum", "nesterov"):
     layer = Layer(energy, name)
-    x_new, m = layer.step({"energy": params}, layer.default_hparams(eta=0.3, beta=0.7), x, layer.init_state(x))
+    x_new, m = jax.jit(layer.step)({"energy": params}, layer.default_hparams(eta=0.3, beta=0.7), x, layer.init_state(x))
     np.testing.assert_allclose(x_new, x - 0.3 * g(x), **TOL)
     np.testing.assert_allclose(m, -0.3 * g(x), **TOL)
 
@@ -135,7 +140,7 @@ def test_newton_elastic_matches_explicit_hessian_formula():
     hp = solver.hparams(eta=eta)
     grad_fn = lambda z: jax.grad(lambda q: energy(params, q, h))(z)  # context h held constant
     z = h + 0.3 * jax.random.normal(jax.random.key(8), h.shape, h.dtype)
-    z_new, _ = solver.step(grad_fn, z, solver.init(z), hp)
+    z_new, _ = jax.jit(lambda z: solver.step(grad_fn, z, solver.init(z), hp))(z)
     ref = _elastic_newton_reference(np.asarray(z), np.asarray(h @ w), temperature, float(hp["eta"]))
     np.testing.assert_allclose(z_new, ref, rtol=1e-9, atol=1e-9)
 
@@ -148,7 +153,7 @@ def test_newton_tied_layer_matches_query_side_formula():
     temperature, eta = 1.5, 0.4
     energy, params, w, h = _elastic_case(temperature)
     layer = Layer(energy, solvers.newton(num_terms=1), mode="tied")
-    z_new, _ = layer.step({"energy": params}, layer.default_hparams(eta=eta), h, ())
+    z_new, _ = jax.jit(layer.step)({"energy": params}, layer.default_hparams(eta=eta), h, ())
     ref = _elastic_newton_reference(np.asarray(h), np.asarray(h @ w), temperature, eta)
     np.testing.assert_allclose(z_new, ref, rtol=1e-6, atol=1e-6)
 
@@ -167,12 +172,12 @@ def test_newton_direction_matches_dense_hessian(num_terms, alpha):
   """Neumann-K direction (scaled by α where supported) equals α Σ_{j≤K} (I − αH)^j g with H = jax.hessian, flattened."""
   with jax.enable_x64(True):
     energy = _generic_energy()
-    params = energies.init_params(energy.specs(), jax.random.key(11), jnp.float64)
+    params = _init(energy, 11, jnp.float64)
     layer = Layer(energy, solvers.newton(num_terms=num_terms), mode="full")
     x = 0.7 * jax.random.normal(jax.random.key(12), (N, D), jnp.float64)
     total = lambda z: energy(params, z, z)
     g = np.asarray(jax.grad(total)(x)).reshape(-1)
-    hess = np.asarray(jax.hessian(total)(x)).reshape(N * D, N * D)
+    hess = np.asarray(jax.jit(jax.hessian(total))(x)).reshape(N * D, N * D)
     overrides = {"curvature_scale": alpha} if alpha != 1.0 else {}
     hp = layer.default_hparams(eta=0.3, **overrides)
     eta, alpha = float(hp["eta"]), float(hp.get("curvature_scale", 1.0))
@@ -180,7 +185,7 @@ def test_newton_direction_matches_dense_hessian(num_terms, alpha):
     for _ in range(num_terms):
       term = term - alpha * hess @ term
       direction = direction + term
-    x_new, _ = layer.step({"energy": params}, hp, x, ())
+    x_new, _ = jax.jit(layer.step)({"energy": params}, hp, x, ())
     np.testing.assert_allclose(np.asarray(x_new).reshape(-1), np.asarray(x).reshape(-1) - eta * direction,
                                rtol=1e-9, atol=1e-9)
     grad_fn = lambda z: layer.gradient({"energy": params}, z)
@@ -193,12 +198,12 @@ def test_newton_hessian_vector_product_matches_dense_hessian():
   """hessian_vector_product(∇F, x, v) equals the flattened jax.hessian times v."""
   with jax.enable_x64(True):
     energy = _generic_energy()
-    params = energies.init_params(energy.specs(), jax.random.key(13), jnp.float64)
+    params = _init(energy, 13, jnp.float64)
     total = lambda z: energy(params, z, z)
     x = jax.random.normal(jax.random.key(14), (N, D), jnp.float64)
     v = jax.random.normal(jax.random.key(15), (N, D), jnp.float64)
     hv = solvers.hessian_vector_product(jax.grad(total), x, v)
-    dense = np.asarray(jax.hessian(total)(x)).reshape(N * D, N * D) @ np.asarray(v).reshape(-1)
+    dense = np.asarray(jax.jit(jax.hessian(total))(x)).reshape(N * D, N * D) @ np.asarray(v).reshape(-1)
     np.testing.assert_allclose(np.asarray(hv).reshape(-1), dense, rtol=1e-9, atol=1e-9)
 
 
@@ -212,9 +217,9 @@ def test_light_newton_first_step_is_scaled_gd():
   gd = Layer(energy, "gd")
   x = _tokens(20)
   for bias in (0.0, 0.35, -0.2):
-    x_new, _ = layer.step({"energy": params}, layer.default_hparams(eta=0.3, curvature_bias=bias), x,
+    x_new, _ = jax.jit(layer.step)({"energy": params}, layer.default_hparams(eta=0.3, curvature_bias=bias), x,
                           layer.init_state(x))
-    x_gd, _ = gd.step({"energy": params}, gd.default_hparams(eta=0.3 * (1.0 + bias)), x, ())
+    x_gd, _ = jax.jit(gd.step)({"energy": params}, gd.default_hparams(eta=0.3 * (1.0 + bias)), x, ())
     np.testing.assert_allclose(x_new, x_gd, **TOL)
     np.testing.assert_allclose(x_new, x - 0.3 * (1.0 + bias) * g(x), **TOL)
 
@@ -227,8 +232,8 @@ def test_light_newton_second_step_uses_per_token_secant():
   layer = Layer(energy, solver)
   hp = layer.default_hparams(eta=eta, curvature_bias=bias)
   x0 = _tokens(21)
-  x1, state = layer.step({"energy": params}, hp, x0, layer.init_state(x0))
-  x2, _ = layer.step({"energy": params}, hp, x1, state)
+  x1, state = jax.jit(layer.step)({"energy": params}, hp, x0, layer.init_state(x0))
+  x2, _ = jax.jit(layer.step)({"energy": params}, hp, x1, state)
   g0, g1 = np.asarray(g(x0), np.float64), np.asarray(g(x1), np.float64)
   x0, x1 = np.asarray(x0, np.float64), np.asarray(x1, np.float64)
   ref = np.empty_like(x1)
@@ -343,17 +348,19 @@ if "curvature_scale" in solvers.newton().defaults:
 @pytest.mark.parametrize("name,field,values", VMAP_CASES, ids=[f"{c[0]}-{c[1]}" for c in VMAP_CASES])
 def test_hparams_vmap_matches_sequential(name, field, values):
   """jax.vmap of a 3-layer stack rollout over a batch of one hyperparameter equals the loop over its values."""
-  layer = Layer(energies.Interaction(D, H, DH), name)
-  x = 0.5 * _tokens(30)
-  base = {"eta": 0.3} if "eta" in layer.solver.defaults else {}
-  stacks = [EnergyStack(layer, 3, rngs=nnx.Rngs(0), hparams=layer.default_hparams(**{**base, field: v}))
-            for v in values]
-  sequential = jnp.stack([s.rollout(x).x for s in stacks])
-  graphdef, _, rest = nnx.split(stacks[0], Hyperparameter, ...)
-  batch = jax.tree.map(lambda *v: jnp.stack(v), *[nnx.split(s, Hyperparameter, ...)[1] for s in stacks])
-  vmapped = jax.vmap(lambda hp: nnx.merge(graphdef, hp, rest).rollout(x).x)(batch)
-  np.testing.assert_allclose(vmapped, sequential, rtol=1e-6, atol=1e-6)
-  assert float(jnp.max(jnp.abs(sequential[0] - sequential[-1]))) > 1e-3  # the hyperparameter matters
+  with jax.enable_x64(True):
+    layer = Layer(energies.Interaction(D, H, DH), name)
+    x = 0.5 * jax.random.normal(jax.random.key(30), (N, D), jnp.float64)
+    base = {"eta": 0.3} if "eta" in layer.solver.defaults else {}
+    stacks = [EnergyStack(layer, 3, rngs=nnx.Rngs(0), hparams=layer.default_hparams(**{**base, field: v}),
+                          dtype=jnp.float64) for v in values]
+    graphdef, _, rest = nnx.split(stacks[0], Hyperparameter, ...)
+    hparam_states = [nnx.split(s, Hyperparameter, ...)[1] for s in stacks]
+    run = jax.jit(lambda hp: nnx.merge(graphdef, hp, rest).rollout(x).x)
+    sequential = jnp.stack([run(hp) for hp in hparam_states])
+    vmapped = jax.jit(jax.vmap(run))(jax.tree.map(lambda *v: jnp.stack(v), *hparam_states))
+    np.testing.assert_allclose(vmapped, sequential, rtol=1e-6, atol=1e-6)
+    assert float(jnp.max(jnp.abs(sequential[0] - sequential[-1]))) > 1e-3  # the hyperparameter matters
 
 
 # -------------------------------------------------------------------------------------------- energy descent
@@ -370,7 +377,7 @@ def _assert_monotone_descent(make_stack, token_scale=1.0):
   seeds = range(20)
   graphdef, states = _batched_seeds(make_stack, seeds)
   xs = token_scale * jax.random.normal(jax.random.key(40), (len(seeds), N, D), jnp.float64)
-  run = jax.vmap(lambda state, x: nnx.merge(graphdef, state).rollout(x, record_energy=True))
+  run = jax.jit(jax.vmap(lambda state, x: nnx.merge(graphdef, state).rollout(x, record_energy=True)))
   out = run(states, xs)
   before, after = np.asarray(out.energy_before), np.asarray(out.energy_after)
   assert before.shape == (len(seeds), 10)

@@ -151,7 +151,7 @@ def test_tied_layer_equals_query_side_gradient(kind):
   def step(xi, mi):
     return xi - 0.8 * jax.grad(_attention_energy, argnums=1)(w, xi, xi, mi, np.sqrt(DH))
 
-  chex.assert_trees_all_close(module(x, mask), jax.vmap(step)(x, mask), **TOL)
+  chex.assert_trees_all_close(module(x, mask), jax.jit(jax.vmap(step))(x, mask), **TOL)
 
 
 def test_elastic_single_head_step_is_decayed_attention():
@@ -260,8 +260,8 @@ def test_full_field_equals_gradient_of_energy():
   """Full-mode field equals jax.grad of the self-exclusion Helmholtz energy F(x; x) written out here."""
   layer = _full_layer()
   params, x, mask = _params(layer, 1), _tokens(10, (N, D)), masks.self_exclusion(N)
-  expected = jax.grad(lambda z: _attention_energy(params["energy"], z, z, mask, np.sqrt(DH)))(x)
-  chex.assert_trees_all_close(layer.gradient(params, x, mask), expected, **TOL)
+  expected = jax.jit(jax.grad(lambda z: _attention_energy(params["energy"], z, z, mask, np.sqrt(DH))))(x)
+  chex.assert_trees_all_close(jax.jit(layer.gradient)(params, x, mask), expected, **TOL)
 
 
 def test_full_field_equals_two_term_closed_form():
@@ -269,8 +269,8 @@ def test_full_field_equals_two_term_closed_form():
   layer = _full_layer()
   params, x, mask = _params(layer, 2), _tokens(11, (N, D)), masks.self_exclusion(N)
   expected = _two_term_gradient(params["energy"], x, mask, np.sqrt(DH))
-  chex.assert_trees_all_close(layer.gradient(params, x, mask), expected, **TOL)
-  new_x, _ = layer.step(params, layer.default_hparams(eta=0.25), x, (), mask)
+  chex.assert_trees_all_close(jax.jit(layer.gradient)(params, x, mask), expected, **TOL)
+  new_x, _ = jax.jit(layer.step)(params, layer.default_hparams(eta=0.25), x, (), mask)
   chex.assert_trees_all_close(new_x, x - 0.25 * expected, **TOL)
 
 
@@ -310,9 +310,9 @@ def test_lagrangian_layer_field_is_energy_gradient_at_layer_norm():
   params["lagrangian"] = {"gamma": jnp.asarray(1.3), "delta": _normal(13, (D,), 0.2)}
   x, mask = _tokens(14, (N, D), ) * 2.0 + 0.3, masks.self_exclusion(N)
   g = _layer_norm(x, 1.3, params["lagrangian"]["delta"], lagrangian.eps)
-  expected = jax.grad(_et_energy, argnums=1)(params["energy"], g, mask)
-  chex.assert_trees_all_close(layer.gradient(params, x, mask), expected, **TOL)
-  new_x, _ = layer.step(params, layer.default_hparams(dt=0.2, tau=2.0), x, (), mask)
+  expected = jax.jit(jax.grad(_et_energy, argnums=1))(params["energy"], g, mask)
+  chex.assert_trees_all_close(jax.jit(layer.gradient)(params, x, mask), expected, **TOL)
+  new_x, _ = jax.jit(layer.step)(params, layer.default_hparams(dt=0.2, tau=2.0), x, (), mask)
   chex.assert_trees_all_close(new_x, x - 0.1 * expected, **TOL)
 
 
@@ -336,12 +336,6 @@ def _training_loss(layer, target):
   return loss
 
 
-def _random_like(tree, seed):
-  leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [jax.random.normal(k, l.shape, l.dtype) for k, l in zip(keys, leaves)])
-
-
 TRAINED_LAYERS = {
     "relaxed": lambda: ef.Layer(energies.Interaction(D, H, DH, values=True), "gd", mode="relaxed"),
     "tied": lambda: ef.Layer(energies.Interaction(D, H, DH), "gd", mode="tied"),
@@ -358,20 +352,16 @@ def test_training_gradients_match_finite_differences(name, float64):
   params = _params(layer, 5, jnp.float64)
   x = _normal(15, (B, N, D), dtype=jnp.float64)
   loss = jax.jit(_training_loss(layer, _normal(16, (B, N, D), dtype=jnp.float64)))
-  grads = jax.grad(loss, argnums=(0, 1))(params, x)
-  directions = _random_like((params, x), 17)
-  zero = jax.tree.map(jnp.zeros_like, (params, x))
-  flat_dirs, treedef = jax.tree.flatten(directions)
-  eps = 1e-5
-  for i, direction in enumerate(flat_dirs):
-    leaves = jax.tree.leaves(zero)
-    leaves[i] = direction
-    u = jax.tree.unflatten(treedef, leaves)
-    shifted = lambda s: jax.tree.map(lambda a, b: a + s * b, (params, x), u)
-    numeric = (loss(*shifted(eps)) - loss(*shifted(-eps))) / (2 * eps)
-    analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(u)))
-    assert abs(float(analytic)) > 1e-6
-    assert abs(float(analytic - numeric)) < 1e-5 * abs(float(numeric)), (i, float(analytic), float(numeric))
+  grads, treedef = jax.tree.flatten(jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x))
+  point = [np.asarray(leaf, np.float64) for leaf in jax.tree.leaves((params, x))]
+  rng, eps = np.random.default_rng(17), 1e-5
+  for i, grad in enumerate(grads):
+    direction = rng.standard_normal(point[i].shape)
+    shifted = lambda s: jax.tree.unflatten(treedef, point[:i] + [point[i] + s * direction] + point[i + 1:])
+    numeric = float((loss(*shifted(eps)) - loss(*shifted(-eps))) / (2 * eps))
+    analytic = float(np.vdot(np.asarray(grad), direction))
+    assert abs(analytic) > 1e-6
+    assert abs(analytic - numeric) < 1e-5 * abs(numeric), (i, analytic, numeric)
 
 
 def test_relaxed_training_gradients_equal_reference_attention():
@@ -379,10 +369,12 @@ def test_relaxed_training_gradients_equal_reference_attention():
   (dot_product_attention), for W^Q, W^K, W^V, W^O and the input tokens."""
   module = _relaxed_module(seed=6)
   x, mask, target = _tokens(18), masks.causal(N), _tokens(19)
-  grad_layer, grad_x = nnx.grad(lambda m, xs: jnp.sum(jnp.sin(m(xs, mask)) * target), argnums=(0, 1))(module, x)
+  layer_loss = lambda m, xs: jnp.sum(jnp.sin(m(xs, mask)) * target)
+  grad_layer, grad_x = nnx.jit(nnx.grad(layer_loss, argnums=(0, 1)))(module, x)
   grad_layer = nnx.to_pure_dict(grad_layer)["params"]["energy"]
   weights = {name: value for name, value in _weights(module).items() if name != "temperature"}
-  reference = jax.grad(lambda w, xs: jnp.sum(jnp.sin(_reference_layer(w, xs, mask)) * target), argnums=(0, 1))
+  reference_loss = lambda w, xs: jnp.sum(jnp.sin(_reference_layer(w, xs, mask)) * target)
+  reference = jax.jit(jax.grad(reference_loss, argnums=(0, 1)))
   ref_w, ref_x = reference(weights, x)
   assert set(grad_layer) == set(ref_w)
   chex.assert_trees_all_close(grad_layer, ref_w, **TOL)
@@ -419,7 +411,7 @@ def test_unknown_mode_raises():
 
 def test_wrong_token_width_raises():
   """Tokens whose width is not the energy's dim raise ValueError naming the expected width."""
-  stack = ef.EnergyStack(ef.Layer(energies.Interaction(D, H, DH)), 2, rngs=nnx.Rngs(0))
+  stack = ef.EnergyStack(ef.Layer(energies.Interaction(D, H, DH)), 2, rngs=nnx.Rngs(0), shared=True)
   with pytest.raises(ValueError, match=rf"tokens, {D}\).*{D + 1}"):
     stack(_tokens(22, (B, N, D + 1)))
 

@@ -1,0 +1,60 @@
+"""The LIS study: metrics, bookkeeping, outputs and option errors."""
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from energyformer import cli
+from energyformer.studies import lis
+
+
+def test_masked_metrics_match_a_per_example_loop():
+  """Loss is the cross-entropy averaged over answer positions; accuracy counts wholly correct answers."""
+  logits = jax.random.normal(jax.random.key(0), (3, 5, 7))
+  tokens = jax.random.randint(jax.random.key(1), (3, 6), 0, 7)
+  tokens = tokens.at[0, 3:5].set(jnp.argmax(logits[0, 2:4], -1))  # example 0: answer correct
+  loss_mask = jnp.zeros((3, 6)).at[:, 2:4].set(1.0)
+  loss, accuracy = lis.masked_metrics(logits, tokens, loss_mask)
+  ce = [float(optax.softmax_cross_entropy_with_integer_labels(logits[b, t], tokens[b, t + 1]))
+        for b in range(3) for t in (2, 3)]
+  correct = [all(int(jnp.argmax(logits[b, t])) == int(tokens[b, t + 1]) for t in (2, 3)) for b in range(3)]
+  assert np.isclose(float(loss), np.mean(ce), rtol=1e-6)
+  assert np.isclose(float(accuracy), np.mean(correct)) and correct[0]
+
+
+def test_steps_to_target_per_seed():
+  """The first evaluated step at or above the target, per seed; None where never reached."""
+  curve = [(10, [0.1, 0.6]), (20, [0.5, 0.7]), (30, [0.4, 0.9])]
+  assert lis._steps_to_target(curve, 0.5, 2) == [20, 10]
+  assert lis._steps_to_target(curve, 0.95, 2) == [None, None]
+
+
+def test_tiny_study_writes_table_and_files(tmp_path, capsys):
+  """Two variants × two seeds train end to end and write consistent CSV, JSON, JSONL and PNG outputs."""
+  study = dataclasses.replace(lis.PRESETS["tiny"], variants=("standard", "nesterov"), steps=6, eval_every=3)
+  rows = lis.run(study, tmp_path)
+  assert [r["variant"] for r in rows] == ["standard", "nesterov"]
+  assert "held-out acc" in capsys.readouterr().out
+  saved = json.loads((tmp_path / "results.json").read_text())
+  for run in saved["runs"]:
+    assert [step for step, _ in run["curve"]] == [3, 6]
+    assert len(run["val_accuracy"]) == len(run["test_accuracy"]) == study.seeds
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 2 * 2 * 2  # variants × seeds × evaluations
+  assert (tmp_path / "results.csv").read_text().count("\n") == 3
+  assert (tmp_path / "val_accuracy.png").stat().st_size > 0
+  assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_bad_study_options_are_named():
+  """Unknown variants, a zero seed count and an unknown preset are refused with the option's name."""
+  with pytest.raises(ValueError, match="variant"):
+    lis.LISStudy(variants=("standard", "flash"))
+  with pytest.raises(ValueError, match="seeds"):
+    lis.LISStudy(seeds=0)
+  with pytest.raises(SystemExit):
+    cli.main(["lis", "--preset", "huge"])

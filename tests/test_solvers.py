@@ -151,8 +151,6 @@ def test_newton_elastic_matches_explicit_hessian_formula():
     np.testing.assert_allclose(z_new, ref, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="Layer passes the solver G(x) with context = x, so the Hessian-vector "
-                   "product of a tied layer also differentiates the context (keys), not the query side only.")
 def test_newton_tied_layer_matches_query_side_formula():
   """A tied-mode Newton layer on the elastic energy equals the query-side formula z − η(I + Σ_p/T)(z − μ)."""
   with jax.enable_x64(True):

@@ -45,36 +45,40 @@ def _name(energy) -> str:
   return getattr(fn, "__name__", type(energy).__name__)
 
 
-def tied_gradient(energy, params, x, mask):
-  """``∂F(z; c)/∂z`` at ``z = c = x`` (context held constant)."""
-  return jax.grad(checked_energy_value, argnums=2)(energy, params, x, x, mask)
+def tied_gradient(energy, params, x, mask, context=None):
+  """``∂F(z; c)/∂z`` at ``z = x`` with the context ``c`` held constant (``c = x`` unless given)."""
+  context = x if context is None else context
+  return jax.grad(checked_energy_value, argnums=2)(energy, params, x, context, mask)
 
 
-def full_gradient(energy, params, x, mask):
-  """``∇_x F(x; x)`` (query and key roles both differentiated)."""
+def full_gradient(energy, params, x, mask, context=None):
+  """``∇_x F(x; x)`` (query and key roles both differentiated, so there is no separate context)."""
+  if context is not None:
+    raise ValueError("the full derivation differentiates the context too; it takes no fixed context.")
   return jax.grad(lambda z: checked_energy_value(energy, params, z, z, mask))(x)
 
 
-def _relaxed_interaction(energy: Interaction, params, x, mask):
-  _, k, scores = energy.project(params, x, x)
+def _relaxed_interaction(energy: Interaction, params, x, mask, context):
+  _, k, scores = energy.project(params, x, context)
 
   def energy_of_scores(s, z):
     q = jnp.einsum("nd,dhk->hnk", z, params["query"])
-    return energy.from_scores(params, s, q, k, mask, x)
+    return energy.from_scores(params, s, q, k, mask, context)
 
   score_grad, direct_grad = jax.grad(energy_of_scores, argnums=(0, 1))(scores, x)
-  return direct_grad + energy.values_out(params, score_grad, x)
+  return direct_grad + energy.values_out(params, score_grad, context)
 
 
-def relaxed_gradient(energy, params, x, mask):
+def relaxed_gradient(energy, params, x, mask, context=None):
   """The relaxed field (module docstring): terms built with ``values=True`` untied, all other terms exact."""
+  context = x if context is None else context
   if isinstance(energy, Interaction) and energy.values:
-    return _relaxed_interaction(energy, params, x, mask)
+    return _relaxed_interaction(energy, params, x, mask, context)
   if isinstance(energy, EnergySum):
-    return sum(relaxed_gradient(term, params[name], x, mask) for name, term in energy.terms.items())
+    return sum(relaxed_gradient(term, params[name], x, mask, context) for name, term in energy.terms.items())
   if getattr(energy, "values", False) and hasattr(energy, "relaxed_gradient"):
     return energy.relaxed_gradient(params, x, mask)
-  return tied_gradient(energy, params, x, mask)
+  return tied_gradient(energy, params, x, mask, context)
 
 
 def _has_values(energy) -> bool:
@@ -127,16 +131,22 @@ class Layer:
     g = self.activations(params, x)
     return checked_energy_value(self.energy, params["energy"], g, g, mask)
 
-  def gradient(self, params, x, mask=None):
-    """The field ``G(x)`` the solver descends (module docstring)."""
-    return _FIELDS[self.mode](self.energy, params["energy"], self.activations(params, x), mask)
+  def gradient(self, params, x, mask=None, context=None):
+    """The field ``G(x)`` the solver descends (module docstring); ``context`` fixes the keys' tokens."""
+    return _FIELDS[self.mode](self.energy, params["energy"], self.activations(params, x), mask, context)
 
   def init_state(self, x):
     return self.solver.init(x)
 
   def step(self, params, hparams, x, state, mask=None):
-    """One solver step: ``(x, state) → solver.step(G, x, state, hparams)``."""
-    return self.solver.step(lambda z: self.gradient(params, z, mask), x, state, hparams)
+    """One solver step: ``(x, state) → solver.step(G, x, state, hparams)``.
+
+    A solver with ``fixed_context`` (Newton) sees the query-side field ``z ↦ G(z; c = x)``, so its curvature is
+    the Hessian with the keys and values held at the step's input; in the full derivation, and for all other
+    solvers, ``G(z)`` moves the context with ``z`` (Nesterov's look-ahead moves every token).
+    """
+    context = self.activations(params, x) if self.solver.fixed_context and self.mode != "full" else None
+    return self.solver.step(lambda z: self.gradient(params, z, mask, context), x, state, hparams)
 
   def default_hparams(self, **overrides):
     """The solver's hyperparameters (defaults updated by ``overrides``) as arrays."""

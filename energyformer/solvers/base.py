@@ -28,13 +28,18 @@ _RANGES = {
 
 
 class Solver(NamedTuple):
-  """A solver: ``init``/``step`` plus its default hyperparameters and which of them scale the step size."""
+  """A solver: ``init``/``step``, its default hyperparameters and which of them scale the step size.
+
+  ``fixed_context``: the solver differentiates ``grad_fn`` (curvature), and a layer should hold the context
+  (keys, values) at the step's input while it does, giving the query-side Hessian.
+  """
 
   name: str
   init: Callable[[jax.Array], Any]
   step: Callable[[GradFn, jax.Array, Any, Mapping[str, jax.Array]], tuple[jax.Array, Any]]
   defaults: Mapping[str, float]
   step_sizes: tuple[str, ...]
+  fixed_context: bool = False
 
   def hparams(self, **overrides) -> dict[str, jax.Array]:
     """The solver's hyperparameters as float32 arrays: defaults updated by ``overrides``, checked."""

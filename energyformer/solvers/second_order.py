@@ -39,7 +39,8 @@ def newton(eta: float = 1.0, curvature_scale: float = 1.0, num_terms: int = 1) -
     direction = neumann_direction(grad_fn, x, num_terms, hparams["curvature_scale"])
     return x - hparams["eta"] * direction, state
 
-  return Solver("newton", lambda x: (), step, {"eta": eta, "curvature_scale": curvature_scale}, ("eta",))
+  return Solver("newton", lambda x: (), step, {"eta": eta, "curvature_scale": curvature_scale}, ("eta",),
+                fixed_context=True)
 
 
 def light_newton(eta: float = 1.0, curvature_bias: float = 0.0, eps: float = 1e-6) -> Solver:

@@ -1,6 +1,9 @@
 """The LIS study: metrics, bookkeeping, outputs and option errors."""
 import dataclasses
 import json
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -58,3 +61,10 @@ def test_bad_study_options_are_named():
     lis.LISStudy(seeds=0)
   with pytest.raises(SystemExit):
     cli.main(["lis", "--preset", "huge"])
+
+
+def test_experiment_script_is_the_cli(tmp_path):
+  """``python experiments/lis.py`` runs the same study as ``energyformer lis`` (its options included)."""
+  script = pathlib.Path(__file__).parents[1] / "experiments" / "lis.py"
+  out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True).stdout
+  assert "--preset" in out and "--variants" in out

@@ -28,7 +28,8 @@ from flax import nnx
 
 from energyformer import solvers
 from energyformer.checks import check_positive_int, check_range
-from energyformer.energies import Gated, Interaction, LayerNormLagrangian, PlainSum, Potential, masks, quadratic
+from energyformer.energies import (Gated, Helmholtz, Interaction, LayerNormLagrangian, PlainSum, Potential, masks,
+                                   quadratic)
 from energyformer.layers import EnergyStack, Layer, Split, unwrap
 
 VARIANTS = ("standard", "tied", "momentum", "nesterov", "newton", "light_newton", "linear", "gated_linear")
@@ -41,7 +42,8 @@ class GPTConfig:
 
   ``mlp``: ``"plain"`` is the standard MLP (the relaxed step on a GELU potential: untied output projection),
   ``"potential"`` the exact gradient step on that potential (tied weights), ``"none"`` attention only.
-  ``eta`` and ``beta`` are the attention solver's step size and momentum.
+  ``eta`` and ``beta`` are the attention solver's step size and momentum; ``temperature`` is the softmax
+  variants' Helmholtz temperature (default ``√head_dim``, standard attention).
   """
 
   vocab_size: int
@@ -55,6 +57,7 @@ class GPTConfig:
   mlp: str = "plain"
   eta: float = 1.0
   beta: float = 0.5
+  temperature: float | None = None
   splitting: str = "lie_trotter"
   tie_embeddings: bool = True
   remat: bool = True
@@ -68,6 +71,8 @@ class GPTConfig:
       raise ValueError(f"unknown mlp {self.mlp!r}; choose one of {MLPS}.")
     check_range("eta", self.eta, 0.0, low_open=True, fix="Use a positive attention step size.")
     check_range("beta", self.beta, 0.0, 1.0, high_open=True, fix="Use a momentum beta in [0, 1).")
+    if self.temperature is not None and self.variant in ("linear", "gated_linear"):
+      raise ValueError(f"variant {self.variant!r} has no softmax temperature; leave temperature=None.")
 
 
 def attention_layer(config: GPTConfig) -> Layer:
@@ -78,7 +83,7 @@ def attention_layer(config: GPTConfig) -> Layer:
   elif config.variant == "gated_linear":
     energy = Interaction(*sizes, local=quadratic, aggregate=Gated(), values=True)
   else:
-    energy = Interaction(*sizes, values=config.variant != "tied")
+    energy = Interaction(*sizes, aggregate=Helmholtz(config.temperature), values=config.variant != "tied")
   solver = {
       "momentum": lambda: solvers.momentum(config.eta, config.beta),
       "nesterov": lambda: solvers.nesterov(config.eta, config.beta),

@@ -1,9 +1,10 @@
 """The LIS study: every attention variant trained on the Longest Increasing Subsequence task, several seeds each.
 
-For each variant one compiled program trains all seeds at once (the training step is ``jax.vmap``-ed over a
-population axis of parameters, optimizer states and batches). Batches come from the grain pipeline of
-``energyformer.data.lis``; validation accuracy is measured every ``eval_every`` steps on the in-distribution
-validation split, and at the end also on the held-out-length test split.
+For each variant one compiled program trains all seeds at once: the seeds are a population of
+``energyformer.train.sweep`` (the training step ``jax.vmap``-ed over parameters, optimizer states and batches).
+Seed ``s`` initialises its model with ``s`` and reads its own shuffle of the grain pipeline of
+``energyformer.data.lis``; accuracy is measured every ``eval_every`` steps on the in-distribution validation
+split and on the held-out-length test split.
 
 Accuracy is exact match of the whole answer under teacher forcing, which equals exact match of greedy decoding:
 if every teacher-forced argmax is right, greedy decoding reproduces the answer, and conversely.
@@ -12,11 +13,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import pathlib
-import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -27,6 +27,7 @@ from energyformer.checks import check_positive_int, check_range
 from energyformer.data import LISConfig, lis_dataset, numpy_split
 from energyformer.metrics import MetricsWriter
 from energyformer.models import GPT, VARIANTS, GPTConfig
+from energyformer.train import sweep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,12 @@ class LISStudy:
     check_range("learning_rate", self.learning_rate, 0.0, low_open=True, fix="Use a positive learning rate.")
     check_range("target_accuracy", self.target_accuracy, 0.0, 1.0, fix="Use a target accuracy in [0, 1].")
 
+  def sweep_config(self) -> sweep.SweepConfig:
+    """The shared training budget of every model of the study."""
+    return sweep.SweepConfig(steps=self.steps, batch_size=self.batch_size, eval_every=self.eval_every,
+                             learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+                             warmup_steps=self.warmup_steps)
+
   def model_config(self, variant: str) -> GPTConfig:
     return GPTConfig(self.data.vocab_size, self.data.context_length, self.dim, self.num_heads, self.head_dim,
                      self.depth, self.mlp_hidden, variant=variant, remat=self.remat)
@@ -87,63 +94,47 @@ def masked_metrics(logits, tokens, loss_mask):
   return loss, jnp.mean(~jnp.any(wrong, axis=-1))
 
 
-def _optimizer(study: LISStudy):
-  schedule = optax.warmup_cosine_decay_schedule(0.0, study.learning_rate, study.warmup_steps, study.steps)
-  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=study.weight_decay))
+@dataclasses.dataclass(frozen=True)
+class LISTask:
+  """The LIS task for ``energyformer.train.sweep``: a GPT decoder per member, LIS batches, exact-match accuracy."""
+
+  study: LISStudy
+  structural = ("variant", "depth", "dim", "num_heads", "head_dim", "mlp_hidden", "mlp", "splitting")
+  metric_name = "accuracy"
+  higher_is_better = True
+
+  def model(self, member: dict) -> GPT:
+    """The member's decoder: the study's sizes with the member's structure and solver hyperparameters."""
+    overrides = {k: v for k, v in member.items() if k in self.structural + sweep.SOLVER}
+    config = dataclasses.replace(self.study.model_config(overrides.pop("variant", "standard")), **overrides)
+    return GPT(config, rngs=nnx.Rngs(int(member.get("seed", 0))))
+
+  def batches(self, data_seed: int, batch_size: int):
+    return lis_dataset(self.study.data, "train", batch_size=batch_size, shuffle_seed=data_seed)
+
+  def evaluation_sets(self) -> dict:
+    """The validation split and the held-out-length test split, each one batch."""
+    return {name: _split_arrays(self.study.data, name) for name in ("val", "test")}
+
+  def metrics(self, model, batch):
+    return masked_metrics(model(batch["tokens"][:, :-1]), batch["tokens"], batch["loss_mask"])
 
 
-def _programs(study: LISStudy, variant: str):
-  """Population init, train step and evaluation for one variant, each vmapped over seeds and jitted."""
-  config = study.model_config(variant)
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0))))
-  optimizer = _optimizer(study)
-
-  def population(seeds: int):
-    """One model per seed, initialised eagerly (cheaper than compiling the initialisers) and stacked."""
-    members = [nnx.split(GPT(config, rngs=nnx.Rngs(seed)), nnx.Param, ...)[1:] for seed in range(seeds)]
-    params, rest = jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
-    return params, rest, jax.vmap(optimizer.init)(params)
-
-  def metrics(params, rest, batch):
-    logits = nnx.merge(graphdef, params, rest)(batch["tokens"][:, :-1])
-    return masked_metrics(logits, batch["tokens"], batch["loss_mask"])
-
-  def train_step(params, rest, opt_state, batch):
-    (loss, accuracy), grads = jax.value_and_grad(metrics, has_aux=True)(params, rest, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, accuracy
-
-  step = jax.jit(jax.vmap(train_step), donate_argnums=(0, 2))
-  evaluate = jax.jit(jax.vmap(metrics, in_axes=(0, 0, None)))
-  return population, step, evaluate
+@functools.lru_cache(maxsize=8)
+def _split_arrays(data: LISConfig, split: str) -> dict:
+  return {k: jnp.asarray(v) for k, v in numpy_split(data, split).items() if k in ("tokens", "loss_mask")}
 
 
-def train_variant(study: LISStudy, variant: str, splits: dict, writer: MetricsWriter, progress) -> dict:
-  """Trains ``study.seeds`` models of ``variant`` together; returns their curves, final accuracies and timing."""
-  population, step, evaluate = _programs(study, variant)
-  params, rest, opt_state = population(study.seeds)
-  batches = iter(lis_dataset(study.data, "train", batch_size=study.seeds * study.batch_size, shuffle_seed=1))
-  curve, step_times = [], []
-  for index in range(1, study.steps + 1):
-    batch = {k: v.reshape(study.seeds, study.batch_size, *v.shape[1:]) for k, v in next(batches).items()
-             if k in ("tokens", "loss_mask")}
-    start = time.perf_counter()
-    params, opt_state, loss, accuracy = step(params, rest, opt_state, batch)
-    loss = np.asarray(loss)
-    step_times.append(time.perf_counter() - start)
-    if index % study.eval_every == 0 or index == study.steps:
-      _, val_accuracy = evaluate(params, rest, splits["val"])
-      val_accuracy = np.asarray(val_accuracy)
-      curve.append((index, val_accuracy.tolist()))
-      for seed in range(study.seeds):
-        writer.write(index, {"train_loss": loss[seed], "val_accuracy": val_accuracy[seed]}, f"{variant}/seed{seed}")
-      progress.set_postfix(variant=variant, loss=f"{loss.mean():.3f}", val_acc=f"{val_accuracy.mean():.2f}")
-    progress.update(1)
-  _, test_accuracy = evaluate(params, rest, splits["test"])
+def train_variant(study: LISStudy, variant: str, writer: MetricsWriter, progress) -> dict:
+  """Trains ``study.seeds`` models of ``variant`` as one population; returns curves, accuracies and timing."""
+  members = [{"variant": variant, "seed": seed, "data_seed": seed} for seed in range(study.seeds)]
+  runs = sweep.train_population(LISTask(study), members, study.sweep_config(), progress=progress, writer=writer)
+  val = [run["curves"]["val"]["metric"] for run in runs]
+  curve = [(step, [accs[i] for accs in val]) for i, step in enumerate(runs[0]["eval_steps"])]
   return {"variant": variant, "curve": curve, "val_accuracy": curve[-1][1],
-          "test_accuracy": np.asarray(test_accuracy).tolist(),
+          "test_accuracy": [run["curves"]["test"]["metric"][-1] for run in runs],
           "steps_to_target": _steps_to_target(curve, study.target_accuracy, study.seeds),
-          "seconds_per_step": float(np.median(step_times[1:] or step_times))}
+          "seconds_per_step": runs[0]["seconds_per_step"]}
 
 
 def _steps_to_target(curve, target, seeds):
@@ -202,12 +193,10 @@ def run(study: LISStudy, out_dir="runs/lis") -> list[dict]:
   """Trains every variant, prints the table, writes results.csv, results.json, metrics and val_accuracy.png."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  splits = {name: {k: jnp.asarray(v) for k, v in numpy_split(study.data, name).items() if k in ("tokens", "loss_mask")}
-            for name in ("val", "test")}
   results = []
   with MetricsWriter(out) as writer, tqdm(total=study.steps * len(study.variants), desc="LIS", unit="step") as bar:
     for variant in study.variants:
-      results.append(train_variant(study, variant, splits, writer, bar))
+      results.append(train_variant(study, variant, writer, bar))
   rows = [summarize(r) for r in results]
   table = format_table(rows, study)
   print("\n" + table)

@@ -1,0 +1,1 @@
+"""Training: sharded loops, checkpoints and vmapped hyperparameter sweeps."""

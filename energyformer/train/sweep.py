@@ -177,15 +177,26 @@ def _init_chunk(task, members, config: SweepConfig, placement) -> _Chunk:
   return _Chunk(members, graphdef, *placement((params, rest, opt_state, hparams)), iterators)
 
 
-def _programs(task, graphdef, config: SweepConfig):
-  """The vmapped, jitted train step and evaluation of one chunk shape."""
+_PROGRAMS: dict = {}
+
+
+def _programs(task, structure: tuple, graphdef, total_steps: int, clip_norm: float):
+  """The vmapped, jitted train step and evaluation of one structure, cached by ``(task, structure, budget)`` so
+  that chunks and reruns reuse the compiled programs (the structural hyperparameters fix the model's graph)."""
+  key = (task, structure, total_steps, clip_norm)
+  if key not in _PROGRAMS:
+    _PROGRAMS[key] = _build_programs(task, graphdef, total_steps, clip_norm)
+  return _PROGRAMS[key]
+
+
+def _build_programs(task, graphdef, total_steps: int, clip_norm: float):
 
   def metrics(params, rest, batch):
     return task.metrics(nnx.merge(graphdef, params, rest), batch)
 
   def train_step(params, rest, opt_state, batch, hparams):
     (loss, metric), grads = jax.value_and_grad(metrics, has_aux=True)(params, rest, batch)
-    updates, opt_state = optimizer(hparams, config.steps, config.clip_norm).update(grads, opt_state, params)
+    updates, opt_state = optimizer(hparams, total_steps, clip_norm).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, metric
 
   step = jax.jit(jax.vmap(train_step), donate_argnums=(0, 2))
@@ -244,7 +255,8 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
   """
   placement = _placement(mesh, mesh_axis)
   chunk = _init_chunk(task, members, config, placement)
-  step_fn, evaluate = _programs(task, chunk.graphdef, config)
+  structure = next(iter(group_members(members, task.structural)))
+  step_fn, evaluate = _programs(task, structure, chunk.graphdef, config.steps, config.clip_norm)
   eval_sets = task.evaluation_sets()
   batch_keys = tuple(next(iter(eval_sets.values())))
   manager = _checkpoint_manager(checkpoint_dir, config) if checkpoint_dir and config.checkpoint_every else None

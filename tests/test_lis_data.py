@@ -135,6 +135,19 @@ def test_grain_shards_partition_the_split_and_epochs_reshuffle():
   assert set(two_epochs[:64]) == set(two_epochs[64:]) == everything and two_epochs[:64] != two_epochs[64:]
 
 
+def test_in_memory_dataset_serves_the_same_batches():
+  """Encoding the split once and serving it from memory changes nothing in the batches, shards or order."""
+  config = LISConfig(**SMALL)
+  for shard in range(2):
+    options = dict(batch_size=6, shuffle_seed=5, num_epochs=2, shard_index=shard, shard_count=2)
+    streamed = list(lis_dataset(config, "train", **options))
+    cached = list(lis_dataset(config, "train", in_memory=True, **options))
+    assert len(streamed) == len(cached) > 0
+    for want, got in zip(streamed, cached):
+      for key in want:
+        np.testing.assert_array_equal(want[key], got[key])
+
+
 def test_grain_iterator_state_resumes_exactly():
   config = LISConfig(**SMALL)
   dataset = lis_dataset(config, "train", batch_size=12, shuffle_seed=7)

@@ -51,6 +51,7 @@ class LISStudy:
   eval_every: int = 25
   target_accuracy: float = 0.5
   remat: bool = False
+  in_memory_data: bool = True
 
   def __post_init__(self):
     unknown = [v for v in self.variants if v not in VARIANTS]
@@ -82,7 +83,8 @@ PRESETS = {
     "paper": LISStudy(data=LISConfig(min_length=10, max_length=100, vocab_numbers=150, train_size=1_000_000,
                                      val_size=10_000, test_size=10_000, test_lengths=(101, 120)),
                       dim=256, num_heads=8, head_dim=32, depth=6, mlp_hidden=1024, seeds=3, steps=50_000,
-                      batch_size=256, learning_rate=1e-3, warmup_steps=1000, eval_every=1000, target_accuracy=0.9, remat=True),
+                      batch_size=256, learning_rate=1e-3, warmup_steps=1000, eval_every=1000, target_accuracy=0.9,
+                      remat=True, in_memory_data=False),
 }
 
 
@@ -110,7 +112,8 @@ class LISTask:
     return GPT(config, rngs=nnx.Rngs(int(member.get("seed", 0))))
 
   def batches(self, data_seed: int, batch_size: int):
-    return lis_dataset(self.study.data, "train", batch_size=batch_size, shuffle_seed=data_seed)
+    return lis_dataset(self.study.data, "train", batch_size=batch_size, shuffle_seed=data_seed,
+                       in_memory=self.study.in_memory_data)
 
   def evaluation_sets(self) -> dict:
     """The validation split and the held-out-length test split, each one batch."""

@@ -155,9 +155,9 @@ def _population_arrays(members: list[dict], defaults: dict) -> dict:
 
 @dataclasses.dataclass
 class _Chunk:
-  """One chunk's compiled programs and state."""
+  """One chunk's training state: stacked parameters, other variables, optimiser states, optimiser
+  hyperparameters (each with a leading population axis) and one data iterator per member."""
 
-  members: list[dict]
   graphdef: object
   params: object
   rest: object
@@ -174,7 +174,7 @@ def _init_chunk(task, members, config: SweepConfig, placement) -> _Chunk:
   template = optimizer(jax.tree.map(lambda v: v[0], hparams), config.steps, config.clip_norm)
   opt_state = jax.vmap(template.init)(params)
   iterators = [iter(task.batches(int(m.get("data_seed", 0)), config.batch_size)) for m in members]
-  return _Chunk(members, graphdef, *placement((params, rest, opt_state, hparams)), iterators)
+  return _Chunk(graphdef, *placement((params, rest, opt_state, hparams)), iterators)
 
 
 _PROGRAMS: dict = {}

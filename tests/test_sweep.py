@@ -125,6 +125,18 @@ def test_resume_from_checkpoint_is_exact(tmp_path):
     assert a["curves"] == b["curves"]
 
 
+def test_evaluation_in_slices_equals_one_pass():
+  """Slice-size-weighted averages of per-example means equal the means over the whole set (uneven last slice)."""
+  batch = {"x": np.arange(10.0)}
+  evaluate = lambda params, rest, b: (np.array([b["x"].mean(), 2 * b["x"].mean()]),
+                                      np.array([(b["x"] > 4).mean(), (b["x"] > 6).mean()]))
+  whole = sweep.evaluate_in_slices(evaluate, None, None, batch, 10)
+  sliced = sweep.evaluate_in_slices(evaluate, None, None, batch, 3)
+  np.testing.assert_allclose(sliced["loss"], [4.5, 9.0])
+  np.testing.assert_allclose(sliced["metric"], whole["metric"])
+  np.testing.assert_allclose(whole["metric"], [0.5, 0.3])
+
+
 def test_grid_and_random_search():
   """grid is the Cartesian product; random_search stays inside its (log-)uniform ranges, reproducibly."""
   members = sweep.grid(learning_rate=[1e-3, 3e-3], beta=[0.0, 0.5, 0.9])

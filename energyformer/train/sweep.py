@@ -56,11 +56,12 @@ class SweepConfig:
   weight_decay: float = 0.01
   warmup_steps: int = 40
   clip_norm: float = 1.0
+  eval_batch_size: int = 1024
   chunk_size: int | None = None
   checkpoint_every: int | None = None
 
   def __post_init__(self):
-    for name in ("steps", "batch_size", "eval_every"):
+    for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
       check_positive_int(name, getattr(self, name))
     for name in ("chunk_size", "checkpoint_every"):
       if getattr(self, name) is not None:
@@ -272,8 +273,7 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
     log["train_loss"].append(loss.tolist())
     evaluation = None
     if index % config.eval_every == 0 or index == config.steps:
-      evaluation = {name: dict(zip(("loss", "metric"), (np.asarray(v).tolist() for v in
-                                                        evaluate(chunk.params, chunk.rest, batch_set))))
+      evaluation = {name: evaluate_in_slices(evaluate, chunk.params, chunk.rest, batch_set, config.eval_batch_size)
                     for name, batch_set in eval_sets.items()}
       log["evals"].append([index, evaluation])
       if writer is not None:
@@ -286,6 +286,18 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
     manager.wait_until_finished()
     manager.close()
   return _member_results(members, log)
+
+
+def evaluate_in_slices(evaluate, params, rest, batch: dict, slice_size: int) -> dict:
+  """Per-member loss and metric on ``batch``, evaluated ``slice_size`` examples at a time and averaged with
+  weights proportional to the slices' sizes (exact for per-example means such as accuracy)."""
+  total = len(next(iter(batch.values())))
+  sums = np.zeros((2, 1))
+  for start in range(0, total, slice_size):
+    piece = {k: v[start:start + slice_size] for k, v in batch.items()}
+    weight = len(next(iter(piece.values()))) / total
+    sums = sums + weight * np.stack([np.asarray(v) for v in evaluate(params, rest, piece)])
+  return {"loss": sums[0].tolist(), "metric": sums[1].tolist()}
 
 
 def _write(writer, step, members, loss, evaluation, metric_name):

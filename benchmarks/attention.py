@@ -6,6 +6,8 @@ Layers over the same tokens, all with causal masking, H heads of size Dh (D = H�
 * ``relaxed``: ``Layer(Interaction(D, H, Dh, values=True), "gd", mode="relaxed")`` — one gradient step on the
   Helmholtz inner-product energy with independent value/output projections (equal to the reference),
 * ``tied``: ``Layer(Interaction(D, H, Dh), "gd", mode="tied")`` — the exact gradient step (values ``k W^Qᵀ``),
+* ``relaxed_chunked`` / ``tied_chunked``: the same layers with ``Helmholtz(chunk_size=C)``: blocks of C queries and
+  keys with an online logsumexp, memory linear in S,
 * ``einsum``: the reference written out with einsums and ``jax.nn.softmax`` (a second baseline: how much of a
   ratio is the derived layer and how much is ``dot_product_attention``'s own lowering).
 
@@ -13,10 +15,14 @@ For each sequence length it measures, with the pure functions (no NNX): forward 
 (``jax.grad`` of ``sum(out²)`` w.r.t. every trainable weight and the inputs; for the derived layers this is a
 derivative of a derivative), and the temporary memory XLA reserves for each compiled function. Times are medians
 of several runs after a warm-up, with ``block_until_ready``, interleaved across the layers so that other
-load on the machine falls on each alike. Ratios are to the reference.
+load on the machine falls on each alike. Ratios are ours / reference: below 1 is cheaper than the reference.
 
-    python benchmarks/attention.py                    # S = 512 and 2048
-    python benchmarks/attention.py --seq 1024 --quick
+The long-sequence table (S = 8192 by default, ``--long-heads`` heads so that the dense reference fits in memory)
+compares the chunked layers with the dense reference, and lists the chunked train step's temp memory at S/4, S/2
+and S to show it growing linearly.
+
+    python benchmarks/attention.py                    # S = 512 and 2048, then S = 8192
+    python benchmarks/attention.py --seq 1024 --quick --long
     python benchmarks/attention.py --json results.json
 """
 from __future__ import annotations
@@ -32,7 +38,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from energyformer.energies import Interaction, init_params, masks, param_trainable
+from energyformer.energies import Helmholtz, Interaction, init_params, masks, param_trainable
 from energyformer.layers import Layer
 
 MB = 2.0 ** 20
@@ -129,25 +135,34 @@ def relative_diff(a, b) -> float:
   return diff / scale
 
 
-def measure(seq: int, heads: int, head_dim: int, batch: int, repeats: int, seed: int = 0) -> dict:
+def derived_layers(dim: int, heads: int, head_dim: int, chunk_size: int, names) -> dict:
+  """The derived layers named in ``names``: ``relaxed``/``tied``, dense or with ``_chunked``."""
+  layers = {}
+  for name in names:
+    mode = name.split("_")[0]
+    aggregate = Helmholtz(chunk_size=chunk_size) if name.endswith("_chunked") else Helmholtz()
+    layers[name] = Layer(Interaction(dim, heads, head_dim, aggregate=aggregate, values=mode == "relaxed"), "gd",
+                         mode=mode)
+  return layers
+
+
+def layer_jobs(names, seq: int, heads: int, head_dim: int, batch: int, chunk_size: int, seed: int = 0) -> dict:
+  """``{name: (apply, args)}`` for the baselines and derived layers in ``names``, on shared weights and tokens."""
   dim = heads * head_dim
   key_x, key_p = jax.random.split(jax.random.key(seed))
   x = jax.random.normal(key_x, (batch, seq, dim), jnp.float32)
+  specs = Interaction(dim, heads, head_dim, values=True).specs()
+  weights, fixed = split_params(init_params(specs, key_p), specs)
+  baselines = {"reference": reference_layer, "einsum": einsum_layer}
+  jobs = {name: (baselines[name], (weights, fixed, x)) for name in names if name in baselines}
+  for name, layer in derived_layers(dim, heads, head_dim, chunk_size, [n for n in names if n not in baselines]).items():
+    layer_weights = {k: v for k, v in weights.items() if k in layer.specs()["energy"]}
+    jobs[name] = (derived_layer(layer, layer.default_hparams()), (layer_weights, fixed, x))
+  return dict(sorted(jobs.items(), key=lambda item: list(names).index(item[0])))
 
-  relaxed = Layer(Interaction(dim, heads, head_dim, values=True), "gd", mode="relaxed")
-  tied = Layer(Interaction(dim, heads, head_dim), "gd", mode="tied")
-  specs = relaxed.specs()["energy"]
-  params = init_params(specs, key_p)
-  weights, fixed = split_params(params, specs)
-  tied_specs = tied.specs()["energy"]
-  tied_weights, tied_fixed = split_params({name: params[name] for name in tied_specs}, tied_specs)
 
-  layers = {
-      "reference": (reference_layer, (weights, fixed, x)),
-      "relaxed": (derived_layer(relaxed, relaxed.default_hparams()), (weights, fixed, x)),
-      "tied": (derived_layer(tied, tied.default_hparams()), (tied_weights, tied_fixed, x)),
-      "einsum": (einsum_layer, (weights, fixed, x)),
-  }
+def measure(names, seq: int, heads: int, head_dim: int, batch: int, repeats: int, chunk_size: int) -> dict:
+  layers = layer_jobs(names, seq, heads, head_dim, batch, chunk_size)
   jobs = {}  # (layer, "forward" | "train_step") -> (compiled, args)
   rows = {name: {} for name in layers}
   for name, (apply, args) in layers.items():
@@ -172,76 +187,155 @@ def measure(seq: int, heads: int, head_dim: int, batch: int, repeats: int, seed:
 
   ref = rows["reference"]
   for name, row in rows.items():
-    row["ratios"] = {k: row[k] / ref[k] if ref[k] else float("nan")
-                     for k in ("forward_s", "train_step_s", "forward_temp_bytes", "train_step_temp_bytes")}
-  # The relaxed layer (and the einsum baseline) is the reference attention: same output, same training gradients.
-  for name in ("relaxed", "einsum"):
-    for kind in ("forward", "train_step"):
-      rows[name][f"{kind}_rel_diff"] = relative_diff(outputs[name, kind], outputs["reference", kind])
-  return {"seq": seq, "batch": batch, "heads": heads, "head_dim": head_dim, "dim": dim, "repeats": repeats,
-          "layers": rows}
+    row["ratios"] = {k: row[k] / ref[k] if ref[k] else float("nan") for k in RATIO_KEYS}
+  # Every relaxed layer (and the einsum baseline) is the reference attention: same output, same training gradients.
+  for name in rows:
+    if name == "einsum" or name.startswith("relaxed"):
+      for kind in ("forward", "train_step"):
+        rows[name][f"{kind}_rel_diff"] = relative_diff(outputs[name, kind], outputs["reference", kind])
+  return {"seq": seq, "batch": batch, "heads": heads, "head_dim": head_dim, "dim": heads * head_dim,
+          "repeats": repeats, "chunk_size": chunk_size, "layers": rows}
+
+
+def chunked_memory_growth(seqs, heads: int, head_dim: int, batch: int, chunk_size: int) -> dict:
+  """Train-step temp memory (bytes) of the chunked layers at each length in ``seqs`` (compiled, not run)."""
+  growth = {}
+  for seq in seqs:
+    for name, (apply, args) in layer_jobs(("relaxed_chunked", "tied_chunked"), seq, heads, head_dim, batch,
+                                          chunk_size).items():
+      growth.setdefault(name, {})[seq] = compile_fn(train_step(apply), args).memory_analysis().temp_size_in_bytes
+  return growth
+
+
+RATIO_KEYS = ("forward_s", "train_step_s", "forward_temp_bytes", "train_step_temp_bytes")
+PARITY = 1.05  # dense derived layers: at most this times the reference's train-step time and memory
+LONG_MEMORY, LONG_TIME = 0.3, 1.3  # chunked layers at the long length: memory and time limits vs the reference
 
 
 def print_table(results) -> None:
-  header = (f"{'layer':<10} {'S':>5} | {'fwd ms':>9} {'ratio':>6} | {'fwd temp MB':>11} {'ratio':>6} | "
+  header = (f"{'layer':<16} {'S':>5} | {'fwd ms':>9} {'ratio':>6} | {'fwd temp MB':>11} {'ratio':>6} | "
             f"{'train ms':>9} {'ratio':>6} | {'train temp MB':>13} {'ratio':>6}")
   print(header)
   print("-" * len(header))
   for result in results:
     for name, row in result["layers"].items():
       r = row["ratios"]
-      print(f"{name:<10} {result['seq']:>5} | {1e3 * row['forward_s']:>9.1f} {r['forward_s']:>5.2f}x | "
+      print(f"{name:<16} {result['seq']:>5} | {1e3 * row['forward_s']:>9.1f} {r['forward_s']:>5.2f}x | "
             f"{row['forward_temp_bytes'] / MB:>11.1f} {r['forward_temp_bytes']:>5.2f}x | "
             f"{1e3 * row['train_step_s']:>9.1f} {r['train_step_s']:>5.2f}x | "
             f"{row['train_step_temp_bytes'] / MB:>13.1f} {r['train_step_temp_bytes']:>5.2f}x")
     print("-" * len(header))
   for result in results:
-    for name in ("relaxed", "einsum"):
-      row = result["layers"][name]
-      print(f"S={result['seq']}: {name} vs reference, max |Δ| / max |reference|: output "
-            f"{row['forward_rel_diff']:.1e}, train-step gradients {row['train_step_rel_diff']:.1e}")
+    for name, row in result["layers"].items():
+      if "train_step_rel_diff" in row:
+        print(f"S={result['seq']}: {name} vs reference, max |Δ| / max |reference|: output "
+              f"{row['forward_rel_diff']:.1e}, train-step gradients {row['train_step_rel_diff']:.1e}")
   print()
   for result in results:
-    for name in ("relaxed", "tied"):
-      r = result["layers"][name]["ratios"]
+    for name, row in result["layers"].items():
+      if name == "reference":
+        continue
+      r = row["ratios"]
       print(f"S={result['seq']}: {name} forward time {r['forward_s']:.2f}x, train-step time "
             f"{r['train_step_s']:.2f}x, forward temp memory {r['forward_temp_bytes']:.2f}x, "
             f"train-step temp memory {r['train_step_temp_bytes']:.2f}x")
-    rel, ein = result["layers"]["relaxed"], result["layers"]["einsum"]
-    print(f"S={result['seq']}: relaxed vs einsum baseline: forward time "
-          f"{rel['forward_s'] / ein['forward_s']:.2f}x, train-step time "
-          f"{rel['train_step_s'] / ein['train_step_s']:.2f}x")
+    layers = result["layers"]
+    if "einsum" in layers:
+      for name in [n for n in layers if n not in ("reference", "einsum")]:
+        print(f"S={result['seq']}: {name} vs einsum baseline: forward time "
+              f"{layers[name]['forward_s'] / layers['einsum']['forward_s']:.2f}x, train-step time "
+              f"{layers[name]['train_step_s'] / layers['einsum']['train_step_s']:.2f}x")
+
+
+def print_growth(growth) -> None:
+  for name, by_seq in growth.items():
+    cells = ", ".join(f"S={seq}: {size / MB:.1f} MB ({size / MB / seq * 1024:.1f} MB per 1k tokens)"
+                      for seq, size in by_seq.items())
+    print(f"{name} train-step temp memory: {cells}")
+
+
+def verdict(ok: bool) -> str:
+  return "met" if ok else "NOT met"
+
+
+def print_targets(results, long_results) -> None:
+  """One line per target: the measured ratio, the limit, met or not."""
+  print("targets (ratios are ours / reference, in the same run):")
+  for result in results:
+    for name in ("relaxed", "tied"):
+      if name in result["layers"]:
+        r = result["layers"][name]["ratios"]
+        print(f"  S={result['seq']}: {name} train-step time {r['train_step_s']:.2f}x, memory "
+              f"{r['train_step_temp_bytes']:.2f}x (limit {PARITY}x): "
+              f"{verdict(max(r['train_step_s'], r['train_step_temp_bytes']) <= PARITY)}")
+  for result in long_results:
+    for name, row in result["layers"].items():
+      if name.endswith("_chunked"):
+        r = row["ratios"]
+        print(f"  S={result['seq']}: {name} train-step memory {r['train_step_temp_bytes']:.2f}x (limit "
+              f"{LONG_MEMORY}x), time {r['train_step_s']:.2f}x (limit {LONG_TIME}x): "
+              f"{verdict(r['train_step_temp_bytes'] <= LONG_MEMORY and r['train_step_s'] <= LONG_TIME)}")
+
+
+def default_repeats(seq: int, quick: bool) -> int:
+  return 3 if quick or seq >= 4096 else 11 if seq < 1024 else 7 if seq < 2048 else 5
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--seq", type=int, nargs="+", default=None, help="sequence lengths (default 512 2048)")
+  parser.add_argument("--seq", type=int, nargs="*", default=None, help="sequence lengths (default 512 2048)")
   parser.add_argument("--heads", type=int, default=8)
   parser.add_argument("--head-dim", type=int, default=64)
   parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--chunk", type=int, default=512, help="chunk size of the chunked layers (default 512)")
+  parser.add_argument("--long", type=int, nargs="*", default=None,
+                      help="long sequence lengths, chunked vs dense reference (default 8192; none to skip)")
+  parser.add_argument("--long-heads", type=int, default=2,
+                      help="heads at the long lengths (default 2: the dense reference then needs ~2 GB)")
   parser.add_argument("--repeats", type=int, default=None,
-                      help="timed runs per measurement (default: 11 below S=1024, 7 below 2048, else 5)")
-  parser.add_argument("--quick", action="store_true", help="S = 256 only (unless --seq) and 3 repeats")
+                      help="timed runs per measurement (default: 11 below S=1024, 7 below 2048, 5 below 4096, "
+                           "else 3)")
+  parser.add_argument("--quick", action="store_true", help="S = 256 only (unless --seq), 3 repeats, no long table "
+                      "(unless --long)")
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   args = parser.parse_args(argv)
 
-  seqs = args.seq or ([256] if args.quick else [512, 2048])
+  seqs = args.seq if args.seq is not None else ([256] if args.quick else [512, 2048])
+  longs = args.long if args.long is not None else ([] if args.quick else [8192])
   info = machine()
   print(f"machine: {info['platform']} ({info['processor']}), {info['cpu_count']} CPUs, "
         f"python {info['python']}, jax {info['jax']}, backend {info['backend']} ({info['device']})")
+  if info["backend"] != "gpu":
+    print("GPU: none on this machine; Helmholtz(implementation='cudnn') selects the XLA path here, so no fused-kernel "
+          "timings are taken")
   print(f"config: {args.heads} heads x {args.head_dim} (D = {args.heads * args.head_dim}), batch {args.batch}, "
-        "float32, causal; times are medians after warm-up")
+        f"float32, causal, chunk size {args.chunk}; times are medians after warm-up")
   print()
 
-  results = []
-  for seq in seqs:
-    repeats = args.repeats or (3 if args.quick else 11 if seq < 1024 else 7 if seq < 2048 else 5)
-    results.append(measure(seq, args.heads, args.head_dim, args.batch, repeats))
-  print_table(results)
+  dense_names = ("reference", "einsum", "relaxed", "tied", "relaxed_chunked", "tied_chunked")
+  results = [measure(dense_names, seq, args.heads, args.head_dim, args.batch,
+                     args.repeats or default_repeats(seq, args.quick), args.chunk) for seq in seqs]
+  if results:
+    print_table(results)
+    print()
+
+  long_results, growth = [], {}
+  for seq in longs:
+    print(f"long sequence: S = {seq}, {args.long_heads} heads x {args.head_dim}, chunked layers vs dense reference")
+    long_results.append(measure(("reference", "relaxed_chunked", "tied_chunked"), seq, args.long_heads,
+                                args.head_dim, args.batch, args.repeats or default_repeats(seq, args.quick),
+                                args.chunk))
+    growth[seq] = chunked_memory_growth((seq // 4, seq // 2, seq), args.long_heads, args.head_dim, args.batch,
+                                        args.chunk)
+    print_table(long_results[-1:])
+    print_growth(growth[seq])
+    print()
+  print_targets(results, long_results)
 
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"command": " ".join(sys.argv), "machine": info, "results": results}, f, indent=2)
+      json.dump({"command": " ".join(sys.argv), "machine": info, "results": results, "long_results": long_results,
+                 "chunked_memory_growth": growth}, f, indent=2)
     print(f"\nwrote {args.json}")
 
 

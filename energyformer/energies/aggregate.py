@@ -12,8 +12,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from energyformer.checks import check_range
+from energyformer.checks import check_positive_int, check_range
+from energyformer.energies import chunked, kernels
 from energyformer.energies.params import ParamSpec, constant, normal
+from energyformer.energies.softmax import masked_logits, softmax_logsumexp, visible_rows, zero_empty_rows
 
 
 def _masked(values, mask, fill):
@@ -32,15 +34,27 @@ class Helmholtz:
 
   ``∂F/∂E_hnm = p_hnm = softmax_m(−E_hnm/T_h)``. ``temperature`` defaults to ``√head_dim`` (the scale of
   standard attention); it is one value per head and is trained when ``learnable``.
+
+  ``chunk_size`` evaluates the energy (and, for inner-product scores, the attention fields) over blocks of
+  ``chunk_size`` queries and keys with an online logsumexp, never forming the (H, N, M) matrices: memory linear in
+  the sequence length, for long sequences. ``implementation="cudnn"`` computes inner-product attention with the
+  fused cuDNN kernel on a GPU (float16/bfloat16), with exact derivatives of every order; elsewhere it is the XLA
+  path (see ``energies.kernels``).
   """
 
   temperature: float | None = None
   learnable: bool = False
+  chunk_size: int | None = None
+  implementation: str = "xla"
 
   def __post_init__(self):
     if self.temperature is not None:
       check_range("temperature", self.temperature, 0.0, low_open=True,
                   fix="Use a temperature > 0 (standard attention uses sqrt(head_dim)).")
+    if self.chunk_size is not None:
+      check_positive_int("chunk_size", self.chunk_size)
+    if self.implementation not in kernels.IMPLEMENTATIONS:
+      raise ValueError(f"unknown implementation {self.implementation!r}; choose one of {kernels.IMPLEMENTATIONS}.")
 
   def specs(self, dim: int, num_heads: int, head_dim: int):
     del dim
@@ -50,11 +64,31 @@ class Helmholtz:
   def __call__(self, energies, mask, params, context):
     del context
     temperature = _per_head(params["temperature"])
-    logits = _masked(-energies / temperature, mask, jnp.finfo(energies.dtype).min)
-    free = jax.nn.logsumexp(logits, axis=-1)
-    if mask is not None:
-      free = jnp.where(jnp.any(mask, axis=-1), free, 0.0)
-    return -jnp.sum(temperature[..., 0] * free)
+    _, lse = softmax_logsumexp(masked_logits(-energies / temperature, mask))
+    return -jnp.sum(temperature[..., 0] * zero_empty_rows(lse, visible_rows(mask), 1))
+
+  def attention(self, params, q, k, v, mask):
+    """``(o, L)`` for inner-product energies ``E = −q·k``: ``o_hn = Σ_m p_hnm v_hm``, ``L_hn = log Σ_m
+    exp(q_hn·k_hm / T_h)`` over visible keys, ``p = softmax_m(q·k / T)`` (0 for rows with no visible key)."""
+    scaled = q / _per_head(params["temperature"])
+    return kernels.attention(scaled, k, v, mask, chunk_size=self.chunk_size, implementation=self.implementation)
+
+  def inner_product_energy(self, params, q, k, mask):
+    """``F = −Σ_h T_h Σ_n L_hn`` for ``E = −q·k``, without forming the energies when chunked."""
+    _, lse = self.attention(params, q, k, k[..., :0], mask)
+    return -jnp.sum(_per_head(params["temperature"])[..., 0] * lse)
+
+  def blockwise_energy(self, params, energy_block, num_queries: int, num_keys: int, mask):
+    """``F`` for energies given block by block, ``energy_block(i, j) -> (H, size, size)`` with ``size =
+    block_size(N, M)`` (``chunked.online_logsumexp``)."""
+    temperature = _per_head(params["temperature"])
+    logits_block = lambda i, j: -energy_block(i, j) / temperature
+    lse = chunked.online_logsumexp(logits_block, num_queries, num_keys, mask, self.block_size(num_queries, num_keys))
+    return -jnp.sum(temperature[..., 0] * lse)
+
+  def block_size(self, num_queries: int, num_keys: int) -> int | None:
+    """The block size for a (N, M) interaction, ``None`` when not chunked."""
+    return kernels.block_size(self.chunk_size, num_queries, num_keys)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,10 @@
 ``F(x; c) = A(E)``, ``E_hnm = local(s_hnm, q_hn, k_hm)``, ``q_h = x W^Q_h``, ``k_h = c W^K_h``, ``s_hnm = q_hn·k_hm``,
 where ``x`` (N, D) are the tokens being updated and ``c`` (M, D) the context (``c = x`` for self-attention).
 The energy is a sum over H subspaces of dimension Dh, one per head.
+
+The Helmholtz inner-product form ``F = −Σ_h T_h Σ_n log Σ_m exp(q_hn·k_hm / T_h)`` (``is_softmax``) is evaluated
+through the aggregator's attention primitive (``Helmholtz.inner_product_energy``), so its derivatives reuse the
+softmax; with ``Helmholtz(chunk_size=...)`` any local energy is evaluated block by block.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from energyformer.checks import check_positive_int
+from energyformer.energies import chunked
 from energyformer.energies.aggregate import Helmholtz
 from energyformer.energies.local import LocalEnergy, inner_product
 from energyformer.energies.params import ParamSpec, normal
@@ -50,10 +55,22 @@ class Interaction:
                                   normal((self.num_heads * self.head_dim) ** -0.5))
     return {**specs, **self.aggregate.specs(self.dim, self.num_heads, self.head_dim)}
 
+  @property
+  def is_softmax(self) -> bool:
+    """Whether this is the Helmholtz inner-product energy, whose query-side fields are softmax attention."""
+    return self.local is inner_product and isinstance(self.aggregate, Helmholtz)
+
+  def queries(self, params, x):
+    """``q = x W^Q`` (H, N, Dh)."""
+    return jnp.einsum("nd,dhk->hnk", x, params["query"])
+
+  def keys(self, params, context):
+    """``k = c W^K`` (H, M, Dh)."""
+    return jnp.einsum("md,dhk->hmk", context, params["key"])
+
   def project(self, params, x, context):
     """``q = x W^Q`` (H, N, Dh), ``k = c W^K`` (H, M, Dh) and the scores ``s = q·k`` (H, N, M)."""
-    q = jnp.einsum("nd,dhk->hnk", x, params["query"])
-    k = jnp.einsum("md,dhk->hmk", context, params["key"])
+    q, k = self.queries(params, x), self.keys(params, context)
     return q, k, jnp.einsum("hnk,hmk->hnm", q, k)
 
   def from_scores(self, params, scores, q, k, mask, context):
@@ -61,10 +78,32 @@ class Interaction:
     return self.aggregate(self.local(scores, q, k), mask, params, context)
 
   def __call__(self, params, x, context, mask=None):
+    if self.is_softmax:
+      return self.aggregate.inner_product_energy(params, self.queries(params, x), self.keys(params, context), mask)
+    if isinstance(self.aggregate, Helmholtz) and self.aggregate.chunk_size is not None:
+      return self._blockwise(params, self.queries(params, x), self.keys(params, context), mask)
     q, k, scores = self.project(params, x, context)
     return self.from_scores(params, scores, q, k, mask, context)
 
+  def _blockwise(self, params, q, k, mask):
+    """``A(local(s, q, k))`` from (H, size, size) blocks of local energies (``Helmholtz.blockwise_energy``)."""
+    size = self.aggregate.block_size(q.shape[1], k.shape[1])
+    q_blocks, k_blocks = chunked.to_blocks(q, size), chunked.to_blocks(k, size)
+
+    def energy_block(i, j):
+      q_i, k_j = q_blocks[i], k_blocks[j]
+      return self.local(jnp.einsum("hnk,hmk->hnm", q_i, k_j), q_i, k_j)
+
+    return self.aggregate.blockwise_energy(params, energy_block, q.shape[1], k.shape[1], mask)
+
+  def value_vectors(self, params, context):
+    """``v = c W^V`` (H, M, Dh)."""
+    return jnp.einsum("md,dhk->hmk", context, params["value"])
+
+  def output(self, params, attended):
+    """``Σ_h o_hn W^O_h`` (N, D) for per-head outputs ``o`` (H, N, Dh)."""
+    return jnp.einsum("hnk,hkd->nd", attended, params["output"])
+
   def values_out(self, params, weights, context):
     """``Σ_h Σ_m a_hnm v_hm W^O_h`` with ``v_h = c W^V_h``: attention output for weights ``a`` (H, N, M)."""
-    v = jnp.einsum("md,dhk->hmk", context, params["value"])
-    return jnp.einsum("hnm,hmk,hkd->nd", weights, v, params["output"])
+    return self.output(params, jnp.einsum("hnm,hmk->hnk", weights, self.value_vectors(params, context)))

@@ -13,6 +13,11 @@ Three derivations of the field ``G(x)`` a layer's solver descends:
 
 With a Lagrangian ``L`` the field is taken with respect to the activations ``g = ∇L(x)``:
 ``G(x) = ∂E/∂g |_{g = ∇L(x)}`` (the Energy Transformer's ``τ dx/dt = −∂E/∂g``).
+
+Known energies take a closed form instead of ``jax.grad``: on the Helmholtz inner-product energy
+(``Interaction.is_softmax``) the tied field is ``−Σ_h (Σ_m p_hnm k_hm) W^Q_hᵀ`` and the relaxed one
+``−Σ_h (Σ_m p_hnm v_hm) W^O_h``, both one softmax-attention pass of the aggregator (dense, chunked or a fused
+kernel) whose derivatives of every order are exact. Any other energy, a user's own included, takes ``jax.grad``.
 """
 from __future__ import annotations
 
@@ -45,9 +50,27 @@ def _name(energy) -> str:
   return getattr(fn, "__name__", type(energy).__name__)
 
 
+def _softmax_tied(energy: Interaction, params, x, mask, context):
+  """``∂F/∂z = −Σ_h (Σ_m p_hnm k_hm) W^Q_hᵀ`` for the Helmholtz inner-product energy."""
+  k = energy.keys(params, context)
+  attended, _ = energy.aggregate.attention(params, energy.queries(params, x), k, k, mask)
+  return -jnp.einsum("hnk,dhk->nd", attended, params["query"])
+
+
+def _softmax_relaxed(energy: Interaction, params, x, mask, context):
+  """``−Σ_h (Σ_m p_hnm v_hm) W^O_h``: standard multi-head attention, as ``x − G`` steps along it."""
+  attended, _ = energy.aggregate.attention(params, energy.queries(params, x), energy.keys(params, context),
+                                           energy.value_vectors(params, context), mask)
+  return -energy.output(params, attended)
+
+
 def tied_gradient(energy, params, x, mask, context=None):
   """``∂F(z; c)/∂z`` at ``z = x`` with the context ``c`` held constant (``c = x`` unless given)."""
   context = x if context is None else context
+  if isinstance(energy, Interaction) and energy.is_softmax:
+    return _softmax_tied(energy, params, x, mask, context)
+  if isinstance(energy, EnergySum):
+    return sum(tied_gradient(term, params[name], x, mask, context) for name, term in energy.terms.items())
   return jax.grad(checked_energy_value, argnums=2)(energy, params, x, context, mask)
 
 
@@ -62,8 +85,7 @@ def _relaxed_interaction(energy: Interaction, params, x, mask, context):
   _, k, scores = energy.project(params, x, context)
 
   def energy_of_scores(s, z):
-    q = jnp.einsum("nd,dhk->hnk", z, params["query"])
-    return energy.from_scores(params, s, q, k, mask, context)
+    return energy.from_scores(params, s, energy.queries(params, z), k, mask, context)
 
   score_grad, direct_grad = jax.grad(energy_of_scores, argnums=(0, 1))(scores, x)
   return direct_grad + energy.values_out(params, score_grad, context)
@@ -73,7 +95,8 @@ def relaxed_gradient(energy, params, x, mask, context=None):
   """The relaxed field (module docstring): terms built with ``values=True`` untied, all other terms exact."""
   context = x if context is None else context
   if isinstance(energy, Interaction) and energy.values:
-    return _relaxed_interaction(energy, params, x, mask, context)
+    relaxed = _softmax_relaxed if energy.is_softmax else _relaxed_interaction
+    return relaxed(energy, params, x, mask, context)
   if isinstance(energy, EnergySum):
     return sum(relaxed_gradient(term, params[name], x, mask, context) for name, term in energy.terms.items())
   if getattr(energy, "values", False) and hasattr(energy, "relaxed_gradient"):

@@ -1,0 +1,181 @@
+"""Attention and logsumexp over blocks of queries and keys, in memory linear in the sequence length.
+
+Queries are split into blocks of ``size`` rows (a ``lax.map``) and keys into blocks of ``size`` columns (a
+``lax.scan``); the (H, N, M) score matrix is never formed, only one (H, size, size) block at a time. Along the keys
+the logsumexp is accumulated online: with running maximum ``t``, sum ``l`` and weighted values ``u``,
+
+``t' = max(t, max_m z_m)``, ``l' = l e^{t − t'} + Σ_m e^{z_m − t'}``, ``u' = u e^{t − t'} + Σ_m e^{z_m − t'} v_m``,
+
+and finally ``L = t + log l``, ``o = u / l`` (``L = 0, o = 0`` for a row that sees no key). Blocks in which no pair
+is visible (above the diagonal of a causal mask) are skipped. Sequence lengths that are not multiples of ``size``
+are zero-padded and the padded keys masked.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from energyformer.energies.softmax import attention_tangent_terms
+
+
+class Grid(NamedTuple):
+  """Block layout of an (N, M) interaction: ``size`` rows and columns per block, N and M before padding."""
+
+  size: int
+  num_queries: int
+  num_keys: int
+
+  def count(self, length: int) -> int:
+    return -(-length // self.size)
+
+  def padded(self, length: int) -> int:
+    return self.count(length) * self.size
+
+
+def to_blocks(x, size: int):
+  """(H, N, ...) → (⌈N/size⌉, H, size, ...), zero-padded along N (``None`` stays ``None``)."""
+  if x is None:
+    return None
+  blocks = -(-x.shape[1] // size)
+  pad = [(0, 0)] * x.ndim
+  pad[1] = (0, blocks * size - x.shape[1])
+  x = jnp.pad(x, pad)
+  return jnp.moveaxis(x.reshape(x.shape[0], blocks, size, *x.shape[2:]), 1, 0)
+
+
+def from_blocks(x, length: int):
+  """Inverse of ``to_blocks``: (B, H, size, ...) → (H, length, ...)."""
+  x = jnp.moveaxis(x, 0, 1)
+  return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])[:, :length]
+
+
+def block_visibility(mask, grid: Grid) -> Callable[[jax.Array, jax.Array], jax.Array | None]:
+  """``visible(i, j)``: the (size, size) boolean visibility of query block i and key block j, or ``None`` when
+  every pair is visible (no mask, no padded key)."""
+  size = grid.size
+  pad_keys = grid.padded(grid.num_keys) - grid.num_keys
+  if mask is not None:
+    mask = jnp.pad(mask, ((0, grid.padded(grid.num_queries) - grid.num_queries), (0, pad_keys)))
+
+  def visible(i, j):
+    if mask is not None:
+      return jax.lax.dynamic_slice(mask, (i * size, j * size), (size, size))
+    if pad_keys:
+      return jnp.broadcast_to(j * size + jnp.arange(size) < grid.num_keys, (size, size))
+    return None
+
+  return visible
+
+
+def _unless_hidden(visible, update, carry):
+  """``update(carry)``, skipped (``carry`` returned) when ``visible`` is all False."""
+  if visible is None:
+    return update(carry)
+  return jax.lax.cond(jnp.any(visible), update, lambda c: c, carry)
+
+
+def _online_step(carry, logits, visible, v):
+  """One key block of the online logsumexp (module docstring); masked logits are ``−∞``. The running maximum only
+  shifts the exponentials, so it is held constant under differentiation (``L`` does not depend on it)."""
+  top, total, weighted = carry
+  logits = logits if visible is None else jnp.where(visible, logits, -jnp.inf)
+  new_top = jax.lax.stop_gradient(jnp.maximum(top, jnp.max(logits, axis=-1)))
+  shift = jnp.where(jnp.isfinite(new_top), new_top, 0.0)
+  decay = jnp.exp(top - shift)
+  exps = jnp.exp(logits - shift[..., None])
+  weighted = weighted * decay[..., None] + jnp.einsum("hnm,hmk->hnk", exps, v)
+  return new_top, total * decay + jnp.sum(exps, axis=-1), weighted
+
+
+def _finish(top, total, weighted):
+  """``(o, L) = (u / l, t + log l)``, 0 for rows with no visible key."""
+  seen = total > 0
+  safe_total = jnp.where(seen, total, 1.0)
+  return weighted / safe_total[..., None], jnp.where(seen, top + jnp.log(safe_total), 0.0)
+
+
+def attention_forward(q, k, v, mask, size: int):
+  """``(o, L)`` of softmax attention (see ``energies.softmax``), block by block. Not differentiable by itself:
+  ``kernels.attention`` pairs it with ``attention_tangent``."""
+  heads, num_queries, _ = q.shape
+  grid = Grid(size, num_queries, k.shape[1])
+  visible = block_visibility(mask, grid)
+  key_blocks = (jnp.arange(grid.count(grid.num_keys)), to_blocks(k, size), to_blocks(v, size))
+
+  def query_block(args):
+    i, q_i = args
+
+    def key_block(carry, xs):
+      j, k_j, v_j = xs
+      vis = visible(i, j)
+      update = lambda c: _online_step(c, jnp.einsum("hnk,hmk->hnm", q_i, k_j), vis, v_j)
+      return _unless_hidden(vis, update, carry), None
+
+    init = (jnp.full((heads, size), -jnp.inf, q.dtype), jnp.zeros((heads, size), q.dtype),
+            jnp.zeros((heads, size, v.shape[-1]), q.dtype))
+    return _finish(*jax.lax.scan(key_block, init, key_blocks)[0])
+
+  out, lse = jax.lax.map(query_block, (jnp.arange(grid.count(num_queries)), to_blocks(q, size)))
+  return from_blocks(out, num_queries), from_blocks(lse, num_queries)
+
+
+def attention_tangent(q, k, v, mask, out, lse, q_dot, k_dot, v_dot, size: int):
+  """``(ȯ, L̇)``, the tangent of attention, block by block (``softmax.attention_tangent_terms``; a ``None``
+  tangent is zero).
+
+  Each key block's body is rematerialised (``jax.checkpoint``), so reverse mode, which transposes this linear map,
+  recomputes the block's weights instead of storing them: memory stays linear in the sequence length.
+  """
+  heads, num_queries, _ = q.shape
+  grid = Grid(size, num_queries, k.shape[1])
+  visible = block_visibility(mask, grid)
+  key_blocks = (jnp.arange(grid.count(grid.num_keys)),) + tuple(to_blocks(a, size) for a in (k, v, k_dot, v_dot))
+
+  def query_block(args):
+    i, q_i, q_dot_i, out_i, lse_i = args
+
+    @jax.checkpoint
+    def key_block(carry, xs):
+      j, k_j, v_j, k_dot_j, v_dot_j = xs
+      vis = visible(i, j)
+
+      def update(c):
+        values, weights = attention_tangent_terms(q_i, k_j, v_j, vis, lse_i, q_dot_i, k_dot_j, v_dot_j)
+        return c[0] + values, c[1] + weights
+
+      return _unless_hidden(vis, update, carry), None
+
+    init = (jnp.zeros((heads, size, v.shape[-1]), q.dtype), jnp.zeros((heads, size), q.dtype))
+    values, weights = jax.lax.scan(key_block, init, key_blocks)[0]
+    return values - weights[..., None] * out_i, weights
+
+  rows = (jnp.arange(grid.count(num_queries)),) + tuple(to_blocks(a, size) for a in (q, q_dot, out, lse))
+  out_dot, lse_dot = jax.lax.map(query_block, rows)
+  return from_blocks(out_dot, num_queries), from_blocks(lse_dot, num_queries)
+
+
+def online_logsumexp(logits_block, num_queries: int, num_keys: int, mask, size: int):
+  """``L_hn = log Σ_{m visible} exp z_hnm`` (0 for rows with no visible key) for logits given block by block:
+  ``logits_block(i, j) -> (H, size, size)``, the logits of query block i and key block j of the zero-padded
+  sequences.
+
+  Plain automatic differentiation with a rematerialised key-block body: exact to every order for any logits, with
+  the memory of one block per step in first-order reverse mode.
+  """
+  grid = Grid(size, num_queries, num_keys)
+  visible = block_visibility(mask, grid)
+  probe = jax.eval_shape(logits_block, 0, 0)
+  empty_values = jnp.zeros((probe.shape[0], size, 0), probe.dtype)
+
+  def query_block(i):
+    @jax.checkpoint
+    def key_block(carry, j):
+      vis = visible(i, j)
+      return _unless_hidden(vis, lambda c: _online_step(c, logits_block(i, j), vis, empty_values), carry), None
+
+    init = (jnp.full(probe.shape[:2], -jnp.inf, probe.dtype), jnp.zeros(probe.shape[:2], probe.dtype), empty_values)
+    return _finish(*jax.lax.scan(key_block, init, jnp.arange(grid.count(num_keys)))[0])[1]
+
+  return from_blocks(jax.lax.map(query_block, jnp.arange(grid.count(num_queries))), num_queries)

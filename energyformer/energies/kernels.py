@@ -1,0 +1,101 @@
+"""Which computation evaluates softmax attention ``(o, L)`` (see ``energies.softmax``), all exact to every order.
+
+* dense (``implementation="xla"``, no ``chunk_size``): the (H, N, M) scores in plain JAX ops; derivatives of
+  every order come from ``softmax_logsumexp``'s rule.
+* chunked (``chunk_size``): ``chunked.attention_forward`` for the value and ``chunked.attention_tangent`` for the
+  derivative, joined by a ``jax.custom_jvp``: memory linear in the sequence length in forward and reverse mode.
+* fused (``implementation="cudnn"`` on a GPU, float16 or bfloat16): the value from the fused kernel of
+  ``jax.nn.dot_product_attention(implementation="cudnn", return_residual=True)``. The kernel's logsumexp comes
+  back under ``stop_gradient``, so derivatives are never taken through the kernel: the ``custom_jvp`` rule computes
+  the tangent from ``L`` in JAX ops (dense, or chunked with ``chunk_size``) and calls the kernel again for the
+  primal, so every further derivative goes through the same rule and stays exact. On any other backend or dtype
+  ``"cudnn"`` selects the XLA path.
+
+The tangent is ``ȯ = Σ_m a v + p v̇ − (Σ_m a) o``, ``L̇ = Σ_m a`` with ``a = p ⊙ (q̇·k + q·k̇)``; zero tangents
+(the keys and values of a fixed context, as Newton's Hessian-vector products see them) are skipped.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from energyformer.energies import chunked
+from energyformer.energies.softmax import attention_tangent_terms, dense_attention, visible_rows, zero_empty_rows
+
+IMPLEMENTATIONS = ("xla", "cudnn")
+FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+class Plan(NamedTuple):
+  """How attention is computed: ``kernel`` names ``dot_product_attention``'s implementation for the forward value
+  (``None``: the library's own JAX code), ``chunk_size`` the block size (``None``: dense)."""
+
+  kernel: str | None
+  chunk_size: int | None
+
+
+def select_kernel(implementation: str, q, v) -> str | None:
+  """``"cudnn"`` where the fused kernel can run (a GPU backend, half-precision inputs, values as wide as the
+  queries), else ``None`` (the XLA path)."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}.")
+  fused = (implementation == "cudnn" and jax.default_backend() == "gpu" and q.dtype in FUSED_DTYPES
+           and v.shape[-1] == q.shape[-1])
+  return "cudnn" if fused else None
+
+
+def block_size(chunk_size: int | None, num_queries: int, num_keys: int) -> int | None:
+  """The block size for a (N, M) interaction: ``chunk_size``, capped at the longer sequence."""
+  return None if chunk_size is None else min(chunk_size, max(num_queries, num_keys))
+
+
+def fused_forward(q, k, v, mask, kernel: str):
+  """``(o, L)`` from ``jax.nn.dot_product_attention(implementation=kernel)`` in its (1, N, H, D) layout."""
+  layout = lambda a: jnp.swapaxes(a, 0, 1)[None]
+  out, lse = jax.nn.dot_product_attention(layout(q), layout(k), layout(v), mask=None if mask is None else mask[None, None],
+                                          scale=1.0, implementation=kernel, return_residual=True)
+  rows = visible_rows(mask)
+  return zero_empty_rows(jnp.swapaxes(out[0], 0, 1), rows, 2), zero_empty_rows(lse[0].T.astype(q.dtype), rows, 1)
+
+
+def _forward(q, k, v, mask, plan: Plan):
+  if plan.kernel is not None:
+    return fused_forward(q, k, v, mask, plan.kernel)
+  if plan.chunk_size is not None:
+    return chunked.attention_forward(q, k, v, mask, plan.chunk_size)
+  return dense_attention(q, k, v, mask)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def planned_attention(q, k, v, mask, plan: Plan):
+  """``(o, L)`` computed as ``plan`` says, differentiated by the rule below."""
+  return _forward(q, k, v, mask, plan)
+
+
+def _nonzero(tangent):
+  return None if isinstance(tangent, jax.custom_derivatives.SymbolicZero) else tangent
+
+
+def _planned_attention_jvp(plan: Plan, primals, tangents):
+  q, k, v, mask = primals
+  q_dot, k_dot, v_dot = (_nonzero(t) for t in tangents[:3])
+  out, lse = planned_attention(q, k, v, mask, plan)
+  if plan.chunk_size is not None:
+    return (out, lse), chunked.attention_tangent(q, k, v, mask, out, lse, q_dot, k_dot, v_dot, plan.chunk_size)
+  values, weights = attention_tangent_terms(q, k, v, mask, lse, q_dot, k_dot, v_dot)
+  return (out, lse), (values - weights[..., None] * out, weights)
+
+
+planned_attention.defjvp(_planned_attention_jvp, symbolic_zeros=True)
+
+
+def attention(q, k, v, mask=None, *, chunk_size: int | None = None, implementation: str = "xla"):
+  """``(o, L)``: softmax attention of pre-scaled queries ``q`` (H, N, Dh) over keys ``k`` (H, M, Dh) with values
+  ``v`` (H, M, Dv) and a boolean (N, M) mask, computed as the module docstring describes."""
+  plan = Plan(select_kernel(implementation, q, v), block_size(chunk_size, q.shape[1], k.shape[1]))
+  if plan == Plan(None, None):
+    return dense_attention(q, k, v, mask)
+  return planned_attention(q, k, v, mask, plan)

@@ -1,0 +1,156 @@
+"""The training loop on one device: exact resumption, damaged checkpoints, non-finite losses, stop signals."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from energyformer.train import loop
+from energyformer.train.checkpoint import Checkpointer
+from energyformer.train.config import to_dict
+from energyformer.train.mesh import make_mesh
+from energyformer.train.programs import programs
+from train_fixtures import tiny_config, write_corpus
+
+TESTS = pathlib.Path(__file__).parent
+
+
+class SimulatedCrash(Exception):
+  """Raised from ``on_step`` to drop a run's in-memory state at a chosen step."""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train")
+  return write_corpus(root / "corpus"), root / "datasets"
+
+
+@pytest.fixture(scope="module")
+def straight(corpus, tmp_path_factory):
+  """Eight uninterrupted steps (checkpoints at 2, 4, 6, 8; the newest two kept)."""
+  out = tmp_path_factory.mktemp("straight")
+  config = tiny_config(*corpus)
+  return config, out, loop.train(config, out, progress=False)
+
+
+def _leaves(result):
+  return [np.asarray(x) for x in jax.tree.leaves((result.params, result.opt_state))]
+
+
+def _assert_bitwise_equal(result, reference):
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(result), _leaves(reference), strict=True))
+
+
+def test_training_lowers_the_loss_and_logs_metrics(straight):
+  config, out, result = straight
+  assert result.start_step == 0 and result.step == 8 and len(result.losses) == 8
+  assert result.losses[-1] < result.losses[0]
+  assert [step for step, _ in result.validation] == [4, 8]
+  lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+  assert {"train/loss", "train/grad_norm", "train/learning_rate"} <= set(lines[0])
+  assert [line["step"] for line in lines if "val/loss" in line] == [4, 8]
+  assert (out / "tensorboard").is_dir()
+  assert Checkpointer(out / "checkpoints", config.checkpoint).steps() == [6, 8]
+
+
+def test_resume_after_a_hard_kill_is_bitwise_exact(straight, tmp_path):
+  """N steps, the process's state dropped without a final save, then N more from the checkpoint equal 2N steps
+  straight: the same losses, parameters, optimizer state and therefore the same batches, bit for bit."""
+  config, _, reference = straight
+
+  def crash_at_4(step, metrics):
+    if step == 4:
+      raise SimulatedCrash
+
+  with pytest.raises(SimulatedCrash):
+    loop.train(config, tmp_path, progress=False, on_step=crash_at_4)
+  resumed = loop.train(config, tmp_path, progress=False)
+  assert resumed.start_step == 4
+  assert resumed.losses == reference.losses[4:]
+  _assert_bitwise_equal(resumed, reference)
+
+
+@pytest.mark.parametrize("damage", ["truncated arrays", "missing optimizer state"])
+def test_damaged_latest_checkpoint_warns_and_falls_back(straight, tmp_path, damage):
+  config, out, reference = straight
+  shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+  latest = tmp_path / "checkpoints" / "8"
+  if damage == "truncated arrays":
+    for path in (latest / "params").rglob("*"):
+      if path.is_file() and path.stat().st_size > 0:
+        path.write_bytes(path.read_bytes()[:7])
+  else:
+    shutil.rmtree(latest / "opt_state")
+  with pytest.warns(RuntimeWarning, match="checkpoint step 8 .* is damaged or incomplete"):
+    resumed = loop.train(config, tmp_path, progress=False)
+  assert resumed.start_step == 6
+  assert (tmp_path / "checkpoints" / "8.unreadable").is_dir()
+  _assert_bitwise_equal(resumed, reference)
+
+
+def test_resume_refuses_checkpoints_of_another_run(straight, tmp_path):
+  config, out, _ = straight
+  shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+  with pytest.raises(ValueError, match="different seed.*new output directory"):
+    loop.train(dataclasses.replace(config, seed=1), tmp_path, progress=False)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["6", "8"]
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(straight, tmp_path, monkeypatch):
+  config, _, _ = straight
+  compiled = programs(config, make_mesh(config.mesh))
+
+  def diverging_step(params, opt_state, batch):
+    params, opt_state, metrics = compiled.step(params, opt_state, batch)
+    if int(jax.tree.leaves(opt_state)[0]) >= 5:  # the optimizer's step count
+      metrics = {**metrics, "loss": np.float32("nan")}
+    return params, opt_state, metrics
+
+  monkeypatch.setattr(loop, "programs", lambda *args: dataclasses.replace(compiled, step=diverging_step))
+  with pytest.raises(loop.NonFiniteLossError, match=r"step 5 .*last good checkpoint \(step 4\)"):
+    loop.train(config, tmp_path, progress=False)
+  checkpointer = Checkpointer(tmp_path / "checkpoints", config.checkpoint)
+  assert checkpointer.steps() == [2, 4]
+  step, params, _ = checkpointer.restore_latest(*compiled.restore_targets(), loop.data_pipelines(config)[0])
+  assert step == 4 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(straight, tmp_path):
+  """A run in another process gets SIGTERM mid-training: it saves the current step and exits with status 0; the
+  run resumed from that checkpoint ends bitwise where the uninterrupted run did."""
+  config, _, reference = straight
+  (tmp_path / "config.json").write_text(json.dumps(to_dict(config)))
+  script = ("import json, sys, time; from energyformer.train import loop; "
+            "from energyformer.train.config import TrainConfig, from_dict; "
+            "config = from_dict(TrainConfig, json.load(open(sys.argv[1]))); "
+            "result = loop.train(config, sys.argv[2], progress=False, on_step=lambda *_: time.sleep(0.3)); "
+            "print('stopped by', result.stopped_by, 'at step', result.step)")
+  process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "config.json"), str(tmp_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.monotonic() + 120
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+    assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr
+  assert "stopped by SIGTERM" in stdout
+  step = int(stdout.split()[-1])
+  assert 3 <= step < config.steps
+  assert Checkpointer(tmp_path / "checkpoints", config.checkpoint).steps()[-1] == step
+  resumed = loop.train(config, tmp_path, progress=False)
+  assert resumed.start_step == step
+  assert resumed.losses == reference.losses[step:]
+  _assert_bitwise_equal(resumed, reference)

@@ -1,0 +1,43 @@
+"""A small text corpus and a tiny training configuration shared by the training tests and their worker scripts."""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+
+from energyformer.data.text import TextDataConfig
+from energyformer.models import GPTConfig
+from energyformer.train.checkpoint import CheckpointConfig
+from energyformer.train.config import TrainConfig
+from energyformer.train.mesh import MeshConfig
+from energyformer.train.optim import OptimizerConfig
+
+WORDS = ("energy", "token", "state", "solver", "step", "layer", "gradient", "momentum", "attention", "head", "mesh",
+         "shard", "batch", "loss", "the", "a", "of", "minimises", "descends", "is")
+
+
+def write_corpus(directory, num_files: int = 40, seed: int = 0) -> pathlib.Path:
+  """``num_files`` text files of random sentences (about 1 kB each) under ``directory``, in two folders."""
+  rng = np.random.default_rng(seed)
+  root = pathlib.Path(directory)
+  for index in range(num_files):
+    path = root / f"part{index % 2}" / f"doc{index:03d}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sentences = [" ".join(rng.choice(WORDS, size=rng.integers(4, 12))) + "." for _ in range(rng.integers(10, 30))]
+    path.write_text(f"document {index}\n" + "\n".join(sentences) + "\n")
+  return root
+
+
+def tiny_config(corpus, data_dir, *, mesh: MeshConfig = MeshConfig(1, 1, 1), steps: int = 8, every: int | None = 2,
+                **overrides) -> TrainConfig:
+  """A one-layer, width-16 decoder on sequences of 16 bytes, batch 8, checkpoints every ``every`` steps."""
+  config = TrainConfig(
+      model=GPTConfig(vocab_size=320, context_length=16, dim=16, num_heads=2, head_dim=8, depth=1, mlp_hidden=32,
+                      remat=False),
+      data=TextDataConfig(corpus=str(corpus), data_dir=str(data_dir), sequence_length=16, validation_percent=20,
+                          shuffle_window=16),
+      optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=2),
+      mesh=mesh, checkpoint=CheckpointConfig(every=every, keep=2), steps=steps, batch_size=8, eval_every=4,
+      eval_batches=2, log_every=1)
+  return dataclasses.replace(config, **overrides)

@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
   sweep.add_argument("--checkpoint-every", type=int, help="save every N steps; rerunning resumes")
   sweep.add_argument("--out", default="runs/sweep", help="directory for members.csv, results.json, metrics, plot")
   sweep.set_defaults(handler=_sweep)
+
+  from energyformer.studies import et_commands
+  et_commands.add_commands(commands)
   return parser
 
 

@@ -1,2 +1,7 @@
 """Models composed from energy layers."""
 from energyformer.models.gpt import GPT, MLPS, VARIANTS, GPTConfig, attention_layer, block, generate
+from energyformer.models.energy_transformer import MEMORIES, EnergyTransformer, ETConfig, et_energy, et_layer, et_mask
+from energyformer.models.graph_nodes import GraphNodeClassifier, edge_mask
+from energyformer.models.image_completion import (MASKINGS, ImageCompletion, ImageConfig, Masking, masked_rmse,
+                                                  patch_masks, patchify, unpatchify)
+from energyformer.models.transformer_encoder import TransformerEncoder, count_params, matched_mlp_hidden

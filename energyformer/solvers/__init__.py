@@ -2,6 +2,7 @@
 from energyformer.solvers.base import GradFn, Solver, check_hparams
 from energyformer.solvers.first_order import euler, gradient_descent, momentum, nesterov
 from energyformer.solvers.second_order import hessian_vector_product, light_newton, neumann_direction, newton
+from energyformer.solvers.stochastic import langevin
 
 SOLVERS = {
     "gd": gradient_descent,
@@ -10,6 +11,7 @@ SOLVERS = {
     "newton": newton,
     "light_newton": light_newton,
     "euler": euler,
+    "langevin": langevin,
 }
 
 

@@ -22,6 +22,7 @@ _RANGES = {
     "beta": (0.0, 1.0, False, True, "Use a momentum beta in [0, 1); beta >= 1 makes the momentum stream diverge."),
     "dt": (0.0, None, True, False, "Use a positive Euler step dt."),
     "tau": (0.0, None, True, False, "Use a positive time constant tau."),
+    "temperature": (0.0, None, False, False, "Use a noise temperature >= 0 (0 turns the noise off)."),
     "curvature_bias": (None, None, False, False, ""),
     "curvature_scale": (0.0, None, True, False, "Use a positive curvature scale alpha (below 2/lambda_max(H))."),
 }

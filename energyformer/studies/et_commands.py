@@ -16,8 +16,9 @@ def _preset(parser, presets: dict, name: str):
 def _with_steps(study, steps):
   if steps is None:
     return study
-  warmup = min(study.recipe.warmup_steps, steps // 10)
-  return dataclasses.replace(study, recipe=dataclasses.replace(study.recipe, steps=steps, warmup_steps=warmup))
+  optimizer = study.recipe.optimizer
+  optimizer = dataclasses.replace(optimizer, warmup_steps=min(optimizer.warmup_steps, steps // 10))
+  return dataclasses.replace(study, recipe=dataclasses.replace(study.recipe, steps=steps, optimizer=optimizer))
 
 
 def images_study(parser, args):

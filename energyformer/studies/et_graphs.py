@@ -26,7 +26,7 @@ from energyformer.metrics import MetricsWriter
 from energyformer.models.energy_transformer import ETConfig
 from energyformer.models.graph_nodes import GraphNodeClassifier
 from energyformer.studies.detection_metrics import best_threshold, macro_f1, roc_auc
-from energyformer.studies.training import Recipe, fit
+from energyformer.studies.training import Recipe, et_optimizer, fit
 
 SOURCES = ("generated", "mat", "edge_list")
 
@@ -46,7 +46,7 @@ class ETGraphsStudy:
   neighbors: tuple[int, int] = (16, 8)
   et: ETConfig = ETConfig(dim=32, num_heads=4, head_dim=8, num_memories=128, depth=6, learn_beta=True,
                           self_exclusion=True)
-  recipe: Recipe = Recipe(steps=400, batch_size=64, learning_rate=3e-3, warmup_steps=40, weight_decay=0.1)
+  recipe: Recipe = Recipe(steps=400, batch_size=64, optimizer=et_optimizer(3e-3, 40, weight_decay=0.1))
   eval_every: int = 50
   seed: int = 0
 
@@ -64,7 +64,7 @@ PRESETS = {
     "tiny": ETGraphsStudy(graph=graph_data.AnomalyGraphConfig(num_nodes=300, num_cliques=2, clique_size=8,
                                                               num_contextual=15, p_in=0.06),
                           neighbors=(4, 4), et=ETConfig(dim=16, num_heads=2, head_dim=8, num_memories=32, depth=3),
-                          recipe=Recipe(steps=40, batch_size=32, learning_rate=5e-3, warmup_steps=5),
+                          recipe=Recipe(steps=40, batch_size=32, optimizer=et_optimizer(5e-3, 5)),
                           eval_every=20),
 }
 

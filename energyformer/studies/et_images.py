@@ -26,7 +26,7 @@ from energyformer.models.energy_transformer import EnergyTransformer, ETConfig
 from energyformer.models.image_completion import (MASKINGS, ImageCompletion, ImageConfig, masked_rmse, patch_masks,
                                                   patchify, unpatchify)
 from energyformer.models.transformer_encoder import TransformerEncoder, count_params, matched_mlp_hidden
-from energyformer.studies.training import Recipe, fit
+from energyformer.studies.training import Recipe, et_optimizer, fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +41,7 @@ class ETImagesStudy:
   baseline: bool = True
   baseline_depth: int = 1
   baseline_heads: int = 4
-  recipe: Recipe = Recipe(steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=100)
+  recipe: Recipe = Recipe(steps=1000, batch_size=64, optimizer=et_optimizer(2e-3, 100))
   eval_every: int = 100
   eval_images: int = 512
   seed: int = 0
@@ -60,7 +60,7 @@ PRESETS = {
     "tiny": ETImagesStudy(image=ImageConfig((8, 8), 1, 2, 16),
                           et=ETConfig(dim=16, num_heads=2, head_dim=8, num_memories=64, depth=4),
                           baseline_depth=1, baseline_heads=2,
-                          recipe=Recipe(steps=30, batch_size=16, learning_rate=3e-3, warmup_steps=5),
+                          recipe=Recipe(steps=30, batch_size=16, optimizer=et_optimizer(3e-3, 5)),
                           eval_every=10, eval_images=64),
     # The ET image recipe: ImageNet at 224², 16² patches, D = 768, 12 heads of 64, 3072 memories, 12 steps of 0.1;
     # AdamW (0.9, 0.99, wd 0.05), warmup-cosine to 5e-4, batch 768, 100 epochs, clip 1. Accelerator scale. The
@@ -68,7 +68,7 @@ PRESETS = {
     "paper": ETImagesStudy(dataset="imagenet2012", image=ImageConfig((224, 224), 3, 16, 768),
                            et=ETConfig(dim=768, num_heads=12, head_dim=64, num_memories=3072, depth=12),
                            baseline_depth=4, baseline_heads=12,
-                           recipe=Recipe(steps=166_800, batch_size=768, learning_rate=5e-4, warmup_steps=8_340),
+                           recipe=Recipe(steps=166_800, batch_size=768, optimizer=et_optimizer(5e-4, 8_340)),
                            eval_every=2_000, eval_images=1_024),
 }
 

@@ -1,4 +1,4 @@
-"""Training one model with the Energy Transformer recipe: AdamW with gradient clipping and a warmup-cosine schedule.
+"""Training one model with the Energy Transformer recipe: clipped AdamW with a warmup-cosine schedule.
 
 The step is a pure function of (trainable parameters, the rest of the model state, optimizer state, batch, key)
 under ``jax.jit``: ``nnx.split`` once, ``nnx.merge`` inside the step, ``nnx.update`` whenever the model is read.
@@ -14,33 +14,30 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from energyformer.checks import check_positive_int, check_range
+from energyformer.checks import check_positive_int
+from energyformer.train.optim import OptimizerConfig, make_optimizer
+
+
+def et_optimizer(learning_rate: float, warmup_steps: int, weight_decay: float = 0.05) -> OptimizerConfig:
+  """The ET image recipe's optimizer: AdamW(0.9, 0.99) with clip 1.0, warmup then cosine decay to 0."""
+  return OptimizerConfig(learning_rate=learning_rate, warmup_steps=warmup_steps, final_fraction=0.0,
+                         weight_decay=weight_decay, b1=0.9, b2=0.99, clip_norm=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """AdamW(β₁, β₂, weight decay) after clipping the global gradient norm, with a learning rate rising linearly
-  from 0 to ``learning_rate`` over ``warmup_steps`` and decaying by a half cosine to 0 at ``steps``."""
+  """How long and on what batches to train, and the optimizer (``energyformer.train.optim``)."""
 
   steps: int = 1000
   batch_size: int = 64
-  learning_rate: float = 1e-3
-  warmup_steps: int = 100
-  weight_decay: float = 0.05
-  b1: float = 0.9
-  b2: float = 0.99
-  clip_norm: float = 1.0
+  optimizer: OptimizerConfig = et_optimizer(1e-3, 100)
 
   def __post_init__(self):
     check_positive_int("steps", self.steps)
     check_positive_int("batch_size", self.batch_size)
-    check_range("learning_rate", self.learning_rate, 0.0, low_open=True, fix="Use a positive learning rate.")
-    check_range("warmup_steps", self.warmup_steps, 0, self.steps, fix="Use 0 <= warmup_steps <= steps.")
-
-  def optimizer(self) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(0.0, self.learning_rate, self.warmup_steps, self.steps)
-    return optax.chain(optax.clip_by_global_norm(self.clip_norm),
-                       optax.adamw(schedule, self.b1, self.b2, weight_decay=self.weight_decay))
+    if self.optimizer.warmup_steps >= self.steps:
+      raise ValueError(f"warmup_steps ({self.optimizer.warmup_steps}) must be smaller than steps ({self.steps}); "
+                       "shorten the warmup or train longer.")
 
 
 LossFn = Callable[[nnx.Module, Any, jax.Array], jax.Array]
@@ -68,7 +65,7 @@ def fit(model: nnx.Module, loss_fn: LossFn, batches, recipe: Recipe, *, key, eva
   the evaluations and the wall time.
   """
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  optimizer = recipe.optimizer()
+  optimizer = make_optimizer(recipe.optimizer, recipe.steps)
   opt_state = optimizer.init(params)
   step = train_step(graphdef, loss_fn, optimizer)
   iterator = iter(batches)

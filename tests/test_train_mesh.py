@@ -1,0 +1,103 @@
+"""Sharded training on 8 fake CPU devices: every mesh preset follows the single-device trajectory, parameters are
+laid out as the rules say, and a checkpoint written on one mesh resumes on another.
+
+The multi-device runs happen in one subprocess (``train_mesh_worker.py``), because the device count must be fixed
+before JAX starts; XLA's backend optimisation is turned off there to keep compilation short. The single-device
+reference runs in this process.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from energyformer.data.text import corpus_source
+from energyformer.train import loop
+from train_fixtures import tiny_config, write_corpus
+from train_mesh_worker import record
+
+TESTS = pathlib.Path(__file__).parent
+# Sharded runs sum in a different order from the single-device run (and are compiled with other optimisations):
+# float32 round-off, measured at most 3e-7 (relative, losses) and 3e-7 (absolute, parameters) after 8 steps.
+LOSS_RTOL = 1e-5
+PARAM_ATOL = 1e-5
+MESH_AXES_OF = {  # logical axis -> the mesh axes the default rules give it (an independent statement of the rules)
+    "embed": ("fsdp",), "vocab": ("tensor",), "heads": ("tensor",), "mlp": ("tensor",), "head_dim": (),
+    "layers": (), None: (),
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("mesh")
+  corpus = write_corpus(root / "corpus"), root / "datasets"
+  corpus_source(tiny_config(*corpus).data, "train")  # built once here, before two processes read it
+  return corpus
+
+
+@pytest.fixture(scope="module")
+def results(corpus, tmp_path_factory):
+  """The worker's results, with the single-device reference run here added under ``runs["single"]``."""
+  root = tmp_path_factory.mktemp("mesh_runs")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"}
+  worker = subprocess.Popen([sys.executable, str(TESTS / "train_mesh_worker.py"), *map(str, corpus), str(root / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=TESTS)
+  single = record(loop.train(tiny_config(*corpus, every=None), root / "single", progress=False))
+  _, stderr = worker.communicate(timeout=600)
+  assert worker.returncode == 0, stderr[-3000:]
+  results = json.loads((root / "out" / "results.json").read_text())
+  results["runs"]["single"] = single
+  return results
+
+
+def _spec_axes(entry):
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def test_runs_on_eight_devices(results):
+  assert results["device_count"] == 8
+  assert {name: run["mesh"] for name, run in results["runs"].items()} == {
+      "single": {"data": 1, "fsdp": 1, "tensor": 1}, "data": {"data": 8, "fsdp": 1, "tensor": 1},
+      "fsdp": {"data": 1, "fsdp": 8, "tensor": 1}, "fsdp_tp": {"data": 1, "fsdp": 4, "tensor": 2}}
+
+
+@pytest.mark.parametrize("mesh", ["data", "fsdp", "fsdp_tp"])
+def test_sharded_runs_follow_the_single_device_trajectory(results, mesh):
+  single, run = results["runs"]["single"], results["runs"][mesh]
+  np.testing.assert_allclose(run["losses"], single["losses"], rtol=LOSS_RTOL)
+  np.testing.assert_allclose(run["params"], single["params"], atol=PARAM_ATOL)
+  assert single["losses"][-1] < single["losses"][0]
+
+
+@pytest.mark.parametrize("mesh", ["single", "data", "fsdp", "fsdp_tp"])
+def test_parameters_are_sharded_as_the_rules_say(results, mesh):
+  run = results["runs"][mesh]
+  for name, param in run["layout"].items():
+    expected = [MESH_AXES_OF[axis] for axis in param["axes"]]
+    assert [_spec_axes(entry) for entry in param["spec"]] == expected, name
+    pieces = [math.prod(run["mesh"][a] for a in axes) for axes in expected]
+    assert param["shard_shape"] == [size // n for size, n in zip(param["shape"], pieces)], name
+  if mesh == "fsdp_tp":
+    assert run["layout"]["['embed']"]["shard_shape"] == [160, 4]  # vocab over tensor=2, embed over fsdp=4
+
+
+def test_checkpoint_from_one_mesh_resumes_on_another(results):
+  """Saved at step 4 on the 4 × 2 FSDP × tensor mesh, resumed on the 8-way data-parallel mesh."""
+  resumed, single = results["resumed"], results["runs"]["single"]
+  assert resumed["start_step"] == 4
+  np.testing.assert_allclose(resumed["losses"], single["losses"][4:], rtol=LOSS_RTOL)
+  np.testing.assert_allclose(resumed["params"], single["params"], atol=PARAM_ATOL)
+  embed = resumed["layout"]["['embed']"]
+  assert embed["shard_shape"] == embed["shape"]  # replicated on the data-parallel mesh
+
+
+def test_batch_not_divisible_by_the_data_parallel_size_is_refused(results):
+  message = results["bad_batch_error"]
+  assert "batch_size 12" in message and "data-parallel size 8" in message and "multiple of 8" in message

@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
 
   from energyformer.studies import et_commands
   et_commands.add_commands(commands)
+  from energyformer.train import command as train_command
+  train_command.add_commands(commands)
   return parser
 
 

@@ -107,7 +107,7 @@ def train(config: TrainConfig, out_dir, *, progress: bool = True, on_step=None, 
   """Trains ``config.model`` on ``config.data`` until ``config.steps``, resuming from ``out_dir/checkpoints``.
 
   Writes ``metrics.jsonl`` and ``tensorboard/`` under ``out_dir`` (``train/loss``, ``train/grad_norm``,
-  ``train/learning_rate``, ``train/tokens_per_second`` every ``log_every`` steps; ``val/loss`` every
+  ``train/learning_rate``, ``train/tokens_per_second`` at step 1 and every ``log_every`` steps; ``val/loss`` every
   ``eval_every`` steps and at the end). ``on_step(step, metrics)`` is called after each step (and its
   checkpoint). ``devices`` (default ``jax.devices()``) are the devices the mesh is built from.
   """
@@ -150,7 +150,7 @@ def _run(config, out, mesh, compiled: Programs, params, opt_state, start, train_
       _check_finite(metrics, step, checkpointer)
       throughput.tick()
       losses.append(metrics["loss"])
-      if step % config.log_every == 0 or step == config.steps:
+      if step % config.log_every == 0 or step in (1, config.steps):
         scalars = {**metrics, "learning_rate": float(schedule(step - 1)), "tokens_per_second": throughput.rate()}
         if writer is not None:
           writer.write(step, {k: v for k, v in scalars.items() if math.isfinite(v)}, "train")

@@ -24,10 +24,14 @@ def _relu_potential(h):
 
 
 def _gelu_potential(h):
-  """``Φ(h) = ½((h² − 1) N(h) + h n(h)) + ¼`` with N, n the normal cdf and pdf, so ``Φ' = h N(h) = GELU``."""
-  cdf = jax.scipy.stats.norm.cdf(h)
-  pdf = jax.scipy.stats.norm.pdf(h)
-  return 0.5 * ((h * h - 1.0) * cdf + h * pdf) + 0.25
+  """``Φ(h) = ½((h² − 1) N(h) + h n(h)) + ¼`` with N, n the normal cdf and pdf, so ``Φ' = h N(h) = GELU``.
+
+  Computed in at least float32 (the normal cdf has no bfloat16 implementation) and returned in ``h``'s dtype.
+  """
+  x = h.astype(jnp.promote_types(h.dtype, jnp.float32))
+  cdf = jax.scipy.stats.norm.cdf(x)
+  pdf = jax.scipy.stats.norm.pdf(x)
+  return (0.5 * ((x * x - 1.0) * cdf + x * pdf) + 0.25).astype(h.dtype)
 
 
 POTENTIALS = {"relu": _relu_potential, "gelu": _gelu_potential}

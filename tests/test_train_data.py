@@ -56,12 +56,22 @@ def test_directory_corpus_is_written_once_as_array_record_and_split_by_file(corp
              for split in text.SPLITS}
   files = {p.relative_to(root).as_posix(): p.read_bytes() for p in text.corpus_files(root, ("*.txt",))}
   assert sum(len(r) for r in records.values()) == len(files) and records["validation"]
+  held_out = text.validation_files(files, 20)
   for split, split_records in records.items():
     for record in split_records:
       path = record["path"].decode()
-      assert record["text"] == files[path] and text.split_of(path, 20) == split
+      assert record["text"] == files[path] and (path in held_out) == (split == "validation")
   again = text.build_directory_corpus(root, data_dir, validation_percent=20)
   assert again.data_dir == builder.data_dir
+
+
+def test_validation_files_are_stable_and_never_empty():
+  paths = [f"doc{i}.txt" for i in range(40)]
+  chosen = text.validation_files(paths, 20)
+  assert 0 < len(chosen) < 40 and chosen <= text.validation_files(paths + ["new.txt"], 20) | {"new.txt"}
+  assert len(text.validation_files(paths[:3], 1)) == 1  # no file hashes below 1: the lowest one is held out
+  with pytest.raises(ValueError, match="at least 2 files"):
+    text.validation_files(paths[:1], 5)
 
 
 def _config(corpus):

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from energyformer.train import loop
+from energyformer import cli
+from energyformer.train import loop, pretrain
 from energyformer.train.checkpoint import Checkpointer
 from energyformer.train.config import to_dict
 from energyformer.train.mesh import make_mesh
@@ -154,3 +155,47 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(straight, tmp_p
   assert resumed.start_step == step
   assert resumed.losses == reference.losses[step:]
   _assert_bitwise_equal(resumed, reference)
+
+
+def test_pretrain_run_writes_the_validation_plot_and_summary(straight, tmp_path, capsys):
+  config, _, reference = straight
+  summary = pretrain.run(config, tmp_path, progress=False)
+  assert summary["steps"] == 8 and summary["first_train_loss"] == reference.losses[0]
+  assert summary["final_val_loss"] == reference.validation[-1][1]
+  assert (tmp_path / "val_loss.png").stat().st_size > 0 and (tmp_path / "summary.json").exists()
+  assert "8 steps: training loss" in capsys.readouterr().out
+
+
+def test_pretrain_presets_take_command_line_overrides():
+  config = pretrain.configure("tiny", variant="nesterov", steps=20, mesh="fsdp=2", bf16=True, corpus="/data/text")
+  assert config.model.variant == "nesterov" and config.steps == 20 and config.optimizer.warmup_steps == 2
+  assert (config.mesh.data, config.mesh.fsdp, config.compute_dtype, config.data.corpus) == (-1, 2, "bfloat16",
+                                                                                            "/data/text")
+  assert pretrain.configure("gpt2-124m").model.dim == 768
+  with pytest.raises(ValueError, match="unknown pretraining preset 'huge'"):
+    pretrain.configure("huge")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--config", "huge"], "unknown pretraining preset"),
+    (["--mesh", "model=2"], "unknown mesh axis 'model'"),
+    (["--variant", "adam"], "unknown attention variant 'adam'"),
+    (["--data", "/no/such/folder"], "'/no/such/folder' does not exist"),
+])
+def test_pretrain_command_reports_bad_options(options, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["pretrain", *options])
+  assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_pretrain_command_end_to_end_and_resumed_longer(corpus, tmp_path):
+  """The command as a user runs it (the tiny preset), then the same command asked for more steps continues."""
+  command = [sys.executable, str(TESTS.parent / "experiments" / "pretrain.py"), "--config", "tiny", "--data",
+             str(corpus[0]), "--data-dir", str(corpus[1]), "--out", str(tmp_path), "--checkpoint-every", "20"]
+  subprocess.run([*command, "--steps", "40"], check=True, capture_output=True)
+  first = json.loads((tmp_path / "summary.json").read_text())
+  subprocess.run([*command, "--steps", "60"], check=True, capture_output=True)
+  second = json.loads((tmp_path / "summary.json").read_text())
+  assert (first["steps"], second["resumed_from"], second["steps"]) == (40, 40, 60)
+  assert second["final_val_loss"] < first["first_train_loss"]

@@ -2,8 +2,8 @@
 
 The parent sets ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the device count must be fixed before JAX
 starts). Eight steps of the tiny model run on each multi-device mesh preset; the run on ``fsdp_tp`` is then
-resumed from its step-4 checkpoint on the ``data`` mesh. Losses, parameter layouts and error messages go to
-``OUT/results.json``.
+resumed from its step-4 checkpoint on the ``data`` mesh, and one device trains in bfloat16. Losses, parameter
+layouts and error messages go to ``OUT/results.json``.
 """
 from __future__ import annotations
 
@@ -47,6 +47,9 @@ def main(corpus: str, data_dir: str, out: str) -> None:
   shutil.rmtree(moved / "checkpoints" / "8")
   resumed = loop.train(tiny_config(corpus, data_dir, mesh=PRESETS["data"], every=4), moved, progress=False)
   results["resumed"] = record(resumed)
+  bf16 = loop.train(tiny_config(corpus, data_dir, every=None, compute_dtype="bfloat16"), out / "bf16", progress=False)
+  results["bf16"] = {**record(bf16), "dtypes": sorted({str(x.dtype) for x in jax.tree.leaves((bf16.params,
+                                                                                             bf16.opt_state))})}
   try:
     loop.train(dataclasses.replace(tiny_config(corpus, data_dir, mesh=PRESETS["data"]), batch_size=12),
                out / "bad_batch", progress=False)

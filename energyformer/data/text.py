@@ -10,7 +10,7 @@ Three kinds of corpus, one record format (``{"text": bytes}``):
 
 A directory corpus is written once as a tfds dataset (``TextCorpus``, array_record files, no TensorFlow) under
 ``data_dir``; later runs read it from there. Files are listed in sorted order and each goes to the validation split
-when ``crc32(relative path) mod 100 < validation_percent`` (stable when files are added).
+when ``crc32(relative path) mod 100 < validation_percent`` (stable when files are added; ``validation_files``).
 
 ``text_dataset`` turns a split into batches of ``sequence_length + 1`` byte tokens: documents shuffled afresh every
 epoch, tokenized, joined with an end-of-document token, cut into windows (concat-then-split packing), the windows
@@ -124,9 +124,17 @@ def _skipped(relative: pathlib.Path) -> bool:
   return any(part in SKIPPED_DIRECTORIES or part.startswith(".") for part in relative.parts[:-1])
 
 
-def split_of(relative_path: str, validation_percent: int) -> str:
-  """``"validation"`` when ``crc32(relative_path) mod 100 < validation_percent``, else ``"train"``."""
-  return "validation" if zlib.crc32(relative_path.encode()) % 100 < validation_percent else "train"
+def validation_files(relative_paths, validation_percent: int) -> set[str]:
+  """The files held out for validation: those with ``crc32(path) mod 100 < validation_percent``, or, when no file
+  qualifies, the one with the smallest ``crc32(path) mod 100`` (so both splits have a file)."""
+  paths = sorted(relative_paths)
+  if len(paths) < 2:
+    raise ValueError(f"a corpus needs at least 2 files (one for validation), got {len(paths)}; add text files.")
+  bucket = {path: zlib.crc32(path.encode()) % 100 for path in paths}
+  chosen = {path for path in paths if bucket[path] < validation_percent}
+  if len(chosen) == len(paths):
+    raise ValueError(f"validation_percent={validation_percent} holds out every file of the corpus; lower it.")
+  return chosen or {min(paths, key=lambda path: (bucket[path], path))}
 
 
 def _import_tfds():
@@ -173,9 +181,10 @@ def _define_builder(tfds):
     def _generate_examples(self, split):
       config = self.builder_config
       root = pathlib.Path(config.root)
-      for path in corpus_files(root, config.patterns):
-        relative = path.relative_to(root).as_posix()
-        if split_of(relative, config.validation_percent) == split:
+      files = {path.relative_to(root).as_posix(): path for path in corpus_files(root, config.patterns)}
+      held_out = validation_files(files, config.validation_percent)
+      for relative, path in files.items():
+        if (relative in held_out) == (split == "validation"):
           yield relative, {"text": path.read_bytes(), "path": relative}
 
   return TextCorpus
@@ -195,6 +204,7 @@ def build_directory_corpus(directory, data_dir, patterns=("*.txt",), validation_
   root = pathlib.Path(directory)
   files = corpus_files(root, patterns)
   relative = [p.relative_to(root).as_posix() for p in files]
+  validation_files(relative, validation_percent)
   config = _builder_class().BUILDER_CONFIG_CLASS(
       name=_config_name(root, relative, [p.stat().st_size for p in files]), root=str(root), patterns=tuple(patterns),
       validation_percent=validation_percent)

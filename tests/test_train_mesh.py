@@ -12,6 +12,8 @@ import json
 import math
 import os
 import pathlib
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -108,3 +110,46 @@ def test_bfloat16_compute_keeps_float32_state_and_tracks_float32_losses(results)
 def test_batch_not_divisible_by_the_data_parallel_size_is_refused(results):
   message = results["bad_batch_error"]
   assert "batch_size 12" in message and "data-parallel size 8" in message and "multiple of 8" in message
+
+
+PROCESS_SCRIPT = """
+import json, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.config.update("jax_num_cpu_devices", 2)
+from energyformer.train import loop, mesh
+mesh.initialize_distributed(sys.argv[1], 2, int(sys.argv[2]))
+from train_fixtures import tiny_config
+result = loop.train(tiny_config(sys.argv[3], sys.argv[4], mesh=mesh.PRESETS["fsdp"], every=4), sys.argv[5],
+                    progress=False)
+print(json.dumps({"processes": jax.process_count(), "devices": jax.device_count(), "start": result.start_step,
+                  "losses": result.losses}))
+"""
+
+
+def _two_processes(corpus, out) -> list[dict]:
+  with socket.socket() as probe:
+    probe.bind(("localhost", 0))
+    address = f"localhost:{probe.getsockname()[1]}"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  workers = [subprocess.Popen([sys.executable, "-c", PROCESS_SCRIPT, address, str(index), *map(str, corpus), str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=TESTS)
+             for index in range(2)]
+  outputs = [worker.communicate(timeout=600) for worker in workers]
+  assert all(worker.returncode == 0 for worker in workers), outputs[0][1][-3000:] + outputs[1][1][-3000:]
+  return [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+
+
+@pytest.mark.slow
+def test_two_processes_train_checkpoint_and_resume_together(corpus, tmp_path):
+  """Two processes (2 CPU devices each, FSDP over all 4) read their own documents, save one checkpoint holding
+  both iterator states, and resume from it exactly."""
+  first = _two_processes(corpus, tmp_path)
+  assert [r["processes"] for r in first] == [2, 2] and [r["devices"] for r in first] == [4, 4]
+  assert first[0]["losses"] == first[1]["losses"]
+  assert sorted(p.name for p in (tmp_path / "checkpoints" / "8" / "data").glob("process_*")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+  shutil.rmtree(tmp_path / "checkpoints" / "8")
+  resumed = _two_processes(corpus, tmp_path)
+  assert [r["start"] for r in resumed] == [4, 4]
+  assert resumed[0]["losses"] == first[0]["losses"][4:]

@@ -16,6 +16,7 @@ import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from energyformer.data.text import check_corpus, corpus_source, process_shard, text_dataset
@@ -64,7 +65,15 @@ def check_batch(config: TrainConfig, mesh) -> None:
 
 
 def data_pipelines(config: TrainConfig):
-  """This process's training iterator and the fixed validation batches (numpy, this process's share)."""
+  """This process's training iterator and the fixed validation batches (numpy, this process's share).
+
+  With several processes, process 0 prepares the corpus first, so that processes sharing a data directory do not
+  write it at the same time; the others then read it (or prepare their own copy on a data directory of their own).
+  """
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      corpus_source(config.data, "train")
+    multihost_utils.sync_global_devices("text corpus prepared")
   shard_index, shard_count = process_shard()
   local_batch = config.batch_size // shard_count
   options = dict(batch_size=local_batch, seed=config.seed, shard_index=shard_index, shard_count=shard_count)

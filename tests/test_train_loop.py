@@ -167,8 +167,10 @@ def test_pretrain_run_writes_the_validation_plot_and_summary(straight, tmp_path,
 
 
 def test_pretrain_presets_take_command_line_overrides():
-  config = pretrain.configure("tiny", variant="nesterov", steps=20, mesh="fsdp=2", bf16=True, corpus="/data/text")
+  config = pretrain.configure("tiny", variant="nesterov", steps=20, mesh="fsdp=2", bf16=True, corpus="/data/text",
+                              patterns=["*.md"])
   assert config.model.variant == "nesterov" and config.steps == 20 and config.optimizer.warmup_steps == 2
+  assert config.data.patterns == ("*.md",)
   assert (config.mesh.data, config.mesh.fsdp, config.compute_dtype, config.data.corpus) == (-1, 2, "bfloat16",
                                                                                             "/data/text")
   assert pretrain.configure("gpt2-124m").model.dim == 768

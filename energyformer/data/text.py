@@ -116,7 +116,7 @@ def corpus_files(directory, patterns) -> list[pathlib.Path]:
   files = sorted((p for p in found if not _skipped(p.relative_to(root))), key=lambda p: p.relative_to(root).as_posix())
   if not files:
     raise FileNotFoundError(f"no files matching {list(patterns)} under {str(root)!r}; add text files there or pass "
-                            "patterns that match them (e.g. --patterns '*.md').")
+                            "patterns that match them (e.g. patterns=('*.md',), or --patterns '*.md').")
   return files
 
 

@@ -12,7 +12,7 @@ def _pretrain(parser, args) -> None:
   try:
     config = pretrain.configure(args.config, variant=args.variant, steps=args.steps, batch_size=args.batch_size,
                                 learning_rate=args.learning_rate, mesh=args.mesh, corpus=args.data,
-                                data_dir=args.data_dir, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
+                                data_dir=args.data_dir, patterns=args.patterns, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
                                 seed=args.seed)
     check_corpus(config.data)
   except (ValueError, FileNotFoundError) as error:
@@ -36,6 +36,7 @@ def add_commands(commands) -> None:
                                       "(default: data parallel over every device)")
   command.add_argument("--data", help="'stdlib' (default: the Python standard library's source), a directory of "
                                       "*.txt files, or tfds:NAME (e.g. tfds:lm1b; needs network the first time)")
+  command.add_argument("--patterns", nargs="+", help="file patterns of a --data directory (default: *.txt)")
   command.add_argument("--data-dir", help="where tfds datasets are written and read "
                                           "(default: $ENERGYFORMER_DATA_DIR or ~/.cache/energyformer/datasets)")
   command.add_argument("--bf16", action="store_true", default=None, help="compute in bfloat16 (float32 parameters)")

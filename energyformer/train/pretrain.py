@@ -58,8 +58,8 @@ PRESETS = {
 
 def configure(preset: str = "tiny", *, variant: str | None = None, steps: int | None = None,
               batch_size: int | None = None, learning_rate: float | None = None, mesh: str | None = None,
-              corpus: str | None = None, data_dir: str | None = None, bf16: bool | None = None,
-              checkpoint_every: int | None = None, seed: int | None = None) -> TrainConfig:
+              corpus: str | None = None, data_dir: str | None = None, patterns: tuple[str, ...] | None = None,
+              bf16: bool | None = None, checkpoint_every: int | None = None, seed: int | None = None) -> TrainConfig:
   """``PRESETS[preset]`` with the given settings replaced (``None`` keeps the preset's).
 
   ``mesh`` is a preset name or sizes (``energyformer.train.mesh.parse_mesh``); ``bf16`` computes in bfloat16;
@@ -73,7 +73,8 @@ def configure(preset: str = "tiny", *, variant: str | None = None, steps: int | 
     optimizer = dataclasses.replace(optimizer, warmup_steps=steps // 10)
   return dataclasses.replace(
       config, model=dataclasses.replace(config.model, **_given(variant=variant)),
-      data=dataclasses.replace(config.data, **_given(corpus=corpus, data_dir=data_dir)), optimizer=optimizer,
+      data=dataclasses.replace(config.data, **_given(corpus=corpus, data_dir=data_dir, patterns=patterns)),
+      optimizer=optimizer,
       mesh=config.mesh if mesh is None else parse_mesh(mesh),
       checkpoint=dataclasses.replace(config.checkpoint, **_given(every=checkpoint_every)),
       **_given(steps=steps, batch_size=batch_size, seed=seed,

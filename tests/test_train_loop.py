@@ -126,6 +126,19 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkp
   assert step == 4 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
+def test_ctrl_c_finishes_the_step_saves_and_returns(straight, tmp_path):
+  config, _, _ = straight
+
+  def interrupt_at_3(step, metrics):
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGINT)
+
+  result = loop.train(config, tmp_path, progress=False, on_step=interrupt_at_3)
+  assert (result.stopped_by, result.step) == ("SIGINT", 4)
+  assert Checkpointer(tmp_path / "checkpoints", config.checkpoint).steps() == [2, 4]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(straight, tmp_path):
   """A run in another process gets SIGTERM mid-training: it saves the current step and exits with status 0; the
   run resumed from that checkpoint ends bitwise where the uninterrupted run did."""

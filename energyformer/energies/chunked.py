@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from energyformer.energies.softmax import attention_tangent_terms
+from energyformer.energies.softmax import attention_tangent_terms, logits_dtype, scores
 
 
 class Grid(NamedTuple):
@@ -97,10 +97,10 @@ def _finish(top, total, weighted):
 
 
 def attention_forward(q, k, v, mask, size: int):
-  """``(o, L)`` of softmax attention (see ``energies.softmax``), block by block. Not differentiable by itself:
-  ``kernels.attention`` pairs it with ``attention_tangent``."""
+  """``(o, L)`` of softmax attention (see ``energies.softmax``), block by block, accumulated in ``logits_dtype``.
+  Meant to be differentiated through ``kernels.attention``'s rule, which pairs it with ``attention_tangent``."""
   heads, num_queries, _ = q.shape
-  grid = Grid(size, num_queries, k.shape[1])
+  grid, dtype = Grid(size, num_queries, k.shape[1]), logits_dtype(q.dtype)
   visible = block_visibility(mask, grid)
   key_blocks = (jnp.arange(grid.count(grid.num_keys)), to_blocks(k, size), to_blocks(v, size))
 
@@ -110,15 +110,15 @@ def attention_forward(q, k, v, mask, size: int):
     def key_block(carry, xs):
       j, k_j, v_j = xs
       vis = visible(i, j)
-      update = lambda c: _online_step(c, jnp.einsum("hnk,hmk->hnm", q_i, k_j), vis, v_j)
+      update = lambda c: _online_step(c, scores(q_i, k_j), vis, v_j)
       return _unless_hidden(vis, update, carry), None
 
-    init = (jnp.full((heads, size), -jnp.inf, q.dtype), jnp.zeros((heads, size), q.dtype),
-            jnp.zeros((heads, size, v.shape[-1]), q.dtype))
+    init = (jnp.full((heads, size), -jnp.inf, dtype), jnp.zeros((heads, size), dtype),
+            jnp.zeros((heads, size, v.shape[-1]), dtype))
     return _finish(*jax.lax.scan(key_block, init, key_blocks)[0])
 
   out, lse = jax.lax.map(query_block, (jnp.arange(grid.count(num_queries)), to_blocks(q, size)))
-  return from_blocks(out, num_queries), from_blocks(lse, num_queries)
+  return from_blocks(out, num_queries).astype(v.dtype), from_blocks(lse, num_queries)
 
 
 def attention_tangent(q, k, v, mask, out, lse, q_dot, k_dot, v_dot, size: int):
@@ -129,7 +129,7 @@ def attention_tangent(q, k, v, mask, out, lse, q_dot, k_dot, v_dot, size: int):
   recomputes the block's weights instead of storing them: memory stays linear in the sequence length.
   """
   heads, num_queries, _ = q.shape
-  grid = Grid(size, num_queries, k.shape[1])
+  grid, dtype = Grid(size, num_queries, k.shape[1]), logits_dtype(q.dtype)
   visible = block_visibility(mask, grid)
   key_blocks = (jnp.arange(grid.count(grid.num_keys)),) + tuple(to_blocks(a, size) for a in (k, v, k_dot, v_dot))
 
@@ -147,13 +147,13 @@ def attention_tangent(q, k, v, mask, out, lse, q_dot, k_dot, v_dot, size: int):
 
       return _unless_hidden(vis, update, carry), None
 
-    init = (jnp.zeros((heads, size, v.shape[-1]), q.dtype), jnp.zeros((heads, size), q.dtype))
+    init = (jnp.zeros((heads, size, v.shape[-1]), dtype), jnp.zeros((heads, size), dtype))
     values, weights = jax.lax.scan(key_block, init, key_blocks)[0]
     return values - weights[..., None] * out_i, weights
 
   rows = (jnp.arange(grid.count(num_queries)),) + tuple(to_blocks(a, size) for a in (q, q_dot, out, lse))
   out_dot, lse_dot = jax.lax.map(query_block, rows)
-  return from_blocks(out_dot, num_queries), from_blocks(lse_dot, num_queries)
+  return from_blocks(out_dot, num_queries).astype(out.dtype), from_blocks(lse_dot, num_queries).astype(lse.dtype)
 
 
 def online_logsumexp(logits_block, num_queries: int, num_keys: int, mask, size: int):

@@ -6,10 +6,10 @@
   derivative, joined by a ``jax.custom_jvp``: memory linear in the sequence length in forward and reverse mode.
 * fused (``implementation="cudnn"`` on a GPU, float16 or bfloat16): the value from the fused kernel of
   ``jax.nn.dot_product_attention(implementation="cudnn", return_residual=True)``. The kernel's logsumexp comes
-  back under ``stop_gradient``, so derivatives are never taken through the kernel: the ``custom_jvp`` rule computes
-  the tangent from ``L`` in JAX ops (dense, or chunked with ``chunk_size``) and calls the kernel again for the
-  primal, so every further derivative goes through the same rule and stays exact. On any other backend or dtype
-  ``"cudnn"`` selects the XLA path.
+  back under ``stop_gradient`` and rounded to the inputs' dtype, so derivatives are never taken through the
+  kernel: the ``custom_jvp`` rule calls the kernel for the primal and computes the tangent in JAX ops (dense, or
+  chunked with ``chunk_size``) from a logsumexp of the library's own path, in float32; every further derivative
+  goes through these same rules and stays exact. On any other backend or dtype ``"cudnn"`` selects the XLA path.
 
 The tangent is ``ȯ = Σ_m a v + p v̇ − (Σ_m a) o``, ``L̇ = Σ_m a`` with ``a = p ⊙ (q̇·k + q·k̇)``; zero tangents
 (the keys and values of a fixed context, as Newton's Hessian-vector products see them) are skipped.
@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from energyformer.energies import chunked
-from energyformer.energies.softmax import attention_tangent_terms, dense_attention, visible_rows, zero_empty_rows
+from energyformer.energies.softmax import (attention_tangent_terms, dense_attention, logits_dtype, visible_rows,
+                                           zero_empty_rows)
 
 IMPLEMENTATIONS = ("xla", "cudnn")
 FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
@@ -58,7 +59,8 @@ def fused_forward(q, k, v, mask, kernel: str):
   out, lse = jax.nn.dot_product_attention(layout(q), layout(k), layout(v), mask=None if mask is None else mask[None, None],
                                           scale=1.0, implementation=kernel, return_residual=True)
   rows = visible_rows(mask)
-  return zero_empty_rows(jnp.swapaxes(out[0], 0, 1), rows, 2), zero_empty_rows(lse[0].T.astype(q.dtype), rows, 1)
+  lse = lse[0].T.astype(logits_dtype(q.dtype))
+  return zero_empty_rows(jnp.swapaxes(out[0], 0, 1), rows, 2), zero_empty_rows(lse, rows, 1)
 
 
 def _forward(q, k, v, mask, plan: Plan):
@@ -83,10 +85,12 @@ def _planned_attention_jvp(plan: Plan, primals, tangents):
   q, k, v, mask = primals
   q_dot, k_dot, v_dot = (_nonzero(t) for t in tangents[:3])
   out, lse = planned_attention(q, k, v, mask, plan)
+  exact_lse = lse if plan.kernel is None else planned_attention(q, k, v[..., :0], mask, plan._replace(kernel=None))[1]
   if plan.chunk_size is not None:
-    return (out, lse), chunked.attention_tangent(q, k, v, mask, out, lse, q_dot, k_dot, v_dot, plan.chunk_size)
-  values, weights = attention_tangent_terms(q, k, v, mask, lse, q_dot, k_dot, v_dot)
-  return (out, lse), (values - weights[..., None] * out, weights)
+    tangent = chunked.attention_tangent(q, k, v, mask, out, exact_lse, q_dot, k_dot, v_dot, plan.chunk_size)
+    return (out, lse), tangent
+  values, weights = attention_tangent_terms(q, k, v, mask, exact_lse, q_dot, k_dot, v_dot)
+  return (out, lse), ((values - weights[..., None] * out).astype(out.dtype), weights.astype(lse.dtype))
 
 
 planned_attention.defjvp(_planned_attention_jvp, symbolic_zeros=True)

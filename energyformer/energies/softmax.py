@@ -10,7 +10,8 @@ itself, so derivatives of every order are exact, and forward (``jax.jvp``) and r
 
 Attention over visible keys (``mask[n, m]`` True): ``o_hn = Σ_m p_hnm v_hm`` with ``p`` the softmax of the scores
 ``s_hnm = q_hn·k_hm`` over the visible keys of row n, ``L_hn`` its logsumexp; a row with no visible key gives
-``o = 0, L = 0`` (it contributes nothing to the energy).
+``o = 0, L = 0`` (it contributes nothing to the energy). Scores, weights and ``L`` are computed in at least float32
+(as ``jax.nn.dot_product_attention`` does); ``o`` has the values' dtype.
 """
 from __future__ import annotations
 
@@ -53,16 +54,23 @@ def zero_empty_rows(values, rows, axis_from_end: int):
   return jnp.where(rows.reshape(rows.shape + (1,) * (axis_from_end - 1)), values, 0.0)
 
 
-def _scores(q, k):
-  return jnp.einsum("hnk,hmk->hnm", q, k)
+def logits_dtype(dtype):
+  """The dtype of scores, weights and logsumexps for inputs of ``dtype``: at least float32."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def scores(q, k):
+  """``s_hnm = q_hn·k_hm`` (H, N, M), accumulated in ``logits_dtype``."""
+  return jnp.einsum("hnk,hmk->hnm", q, k, preferred_element_type=logits_dtype(q.dtype))
 
 
 def dense_attention(q, k, v, mask):
   """``(o, L)`` of attention (module docstring) for pre-scaled queries ``q`` (H, N, Dh), keys ``k`` (H, M, Dh) and
   values ``v`` (H, M, Dv), through the (H, N, M) score matrix."""
-  probs, lse = softmax_logsumexp(masked_logits(_scores(q, k), mask))
+  probs, lse = softmax_logsumexp(masked_logits(scores(q, k), mask))
   rows = visible_rows(mask)
-  return (zero_empty_rows(jnp.einsum("hnm,hmk->hnk", probs, v), rows, 2), zero_empty_rows(lse, rows, 1))
+  out = jnp.einsum("hnm,hmk->hnk", probs, v).astype(v.dtype)
+  return zero_empty_rows(out, rows, 2), zero_empty_rows(lse, rows, 1)
 
 
 def attention_tangent_terms(q, k, v, visible, lse, q_dot, k_dot, v_dot):
@@ -71,11 +79,11 @@ def attention_tangent_terms(q, k, v, visible, lse, q_dot, k_dot, v_dot):
   ``p = exp(s − L)`` on visible pairs (0 elsewhere) from the row's logsumexp ``L``, ``ṡ = q̇·k + q·k̇`` and
   ``a = p ⊙ ṡ``; summed over all key blocks they give ``ȯ = Σ_m a v + p v̇ − (Σ_m a) o`` and ``L̇ = Σ_m a``.
   ``visible`` is a (N, M) boolean or ``None`` (every pair visible); a tangent given as ``None`` is zero and its
-  terms are skipped.
+  terms are skipped. Both sums are in ``logits_dtype``.
   """
-  shifted = _scores(q, k) - lse[..., None]
+  shifted = scores(q, k) - lse[..., None]
   probs = jnp.exp(shifted if visible is None else jnp.where(visible, shifted, -jnp.inf))
-  score_dot = [_scores(a, b) for a, b in ((q_dot, k), (q, k_dot)) if a is not None and b is not None]
+  score_dot = [scores(a, b) for a, b in ((q_dot, k), (q, k_dot)) if a is not None and b is not None]
   weighted = probs * sum(score_dot) if score_dot else jnp.zeros_like(probs)
   values = jnp.einsum("hnm,hmk->hnk", weighted, v)
   if v_dot is not None:

@@ -127,13 +127,12 @@ def test_field_and_energy_equal_plain_grad(path, mask_kind, mode):
 @pytest.mark.parametrize("path, mode, dtype, solvers", [
     ("dense", "tied", "float32", ("gd", "newton")), ("dense", "relaxed", "float32", ("gd", "newton")),
     ("chunked", "tied", "float32", ("gd",)), ("chunked", "relaxed", "float32", ("gd",)),
-    ("cudnn_option", "relaxed", "float32", ("gd",)), ("dense", "tied", "float64", ("gd",)),
-    ("chunked", "relaxed", "float64", ("gd",)),
+    ("cudnn_option", "relaxed", "float32", ("gd",)), ("chunked", "tied", "float64", ("gd",)),
 ])
 def test_second_derivatives_equal_plain_grad(path, mode, dtype, solvers):
   """Gradients of a loss through a GD or Newton step w.r.t. all weights, the temperature and the tokens, and the
   Hessian-vector product Newton takes (jvp of the field with the context fixed), equal those of the plain-jax.grad
-  field; padded causal mask."""
+  field; padded causal mask. (The dense paths in float64 are checked against finite differences in test_derive.)"""
   tol, mask = SECOND_ORDER_TOLERANCES[dtype], _mask("padded")
   with jax.enable_x64(dtype == "float64"):
     for solver in solvers:

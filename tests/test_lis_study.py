@@ -38,7 +38,8 @@ def test_steps_to_target_per_seed():
 
 def test_tiny_study_writes_table_and_files(tmp_path, capsys):
   """Two variants × two seeds train end to end and write consistent CSV, JSON, JSONL and PNG outputs."""
-  study = dataclasses.replace(lis.PRESETS["tiny"], variants=("standard", "nesterov"), steps=6, eval_every=3)
+  study = dataclasses.replace(lis.PRESETS["tiny"], variants=("standard", "nesterov"), steps=6, eval_every=3,
+                              depth=1)
   rows = lis.run(study, tmp_path)
   assert [r["variant"] for r in rows] == ["standard", "nesterov"]
   assert "held-out acc" in capsys.readouterr().out

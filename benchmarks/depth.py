@@ -75,22 +75,23 @@ def compile_seconds(fn, args) -> tuple[float, object]:
 def measure(kind: str, depths, dim: int, heads: int, seq: int, repeats: int) -> dict:
   layer, builder = block(dim, heads), {"scanned": scanned, "unrolled": unrolled}[kind]
   x = jax.random.normal(jax.random.key(0), (seq, dim), jnp.float32)
+  args = {depth: (stacked_params(layer, depth, jax.random.key(1)), x) for depth in depths}
+  compile_times, compiled = {depth: [] for depth in depths}, {}
+  for _ in range(repeats):  # depths interleaved, so that warm-up and load fall on each alike
+    for depth in depths:
+      seconds, compiled[depth] = compile_seconds(train_step(builder(layer, depth)), args[depth])
+      compile_times[depth].append(seconds)
   rows = {}
   for depth in depths:
-    args = (stacked_params(layer, depth, jax.random.key(1)), x)
-    compile_times, compiled = [], None
-    for _ in range(repeats):
-      seconds, compiled = compile_seconds(train_step(builder(layer, depth)), args)
-      compile_times.append(seconds)
-    jax.block_until_ready(compiled(*args))
+    jax.block_until_ready(compiled[depth](*args[depth]))
     run_times = []
     for _ in range(repeats):
       start = time.perf_counter()
-      jax.block_until_ready(compiled(*args))
+      jax.block_until_ready(compiled[depth](*args[depth]))
       run_times.append(time.perf_counter() - start)
-    rows[depth] = {"compile_s": statistics.median(compile_times), "compile_times_s": compile_times,
+    rows[depth] = {"compile_s": statistics.median(compile_times[depth]), "compile_times_s": compile_times[depth],
                    "run_s": statistics.median(run_times),
-                   "temp_bytes": compiled.memory_analysis().temp_size_in_bytes}
+                   "temp_bytes": compiled[depth].memory_analysis().temp_size_in_bytes}
   base = rows[depths[0]]
   for row in rows.values():
     row["ratios"] = {key: row[key] / base[key] for key in ("compile_s", "run_s", "temp_bytes")}

@@ -56,8 +56,9 @@ def block_size(chunk_size: int | None, num_queries: int, num_keys: int) -> int |
 def fused_forward(q, k, v, mask, kernel: str):
   """``(o, L)`` from ``jax.nn.dot_product_attention(implementation=kernel)`` in its (1, N, H, D) layout."""
   layout = lambda a: jnp.swapaxes(a, 0, 1)[None]
-  out, lse = jax.nn.dot_product_attention(layout(q), layout(k), layout(v), mask=None if mask is None else mask[None, None],
-                                          scale=1.0, implementation=kernel, return_residual=True)
+  kernel_mask = None if mask is None else mask[None, None]
+  out, lse = jax.nn.dot_product_attention(layout(q), layout(k), layout(v), mask=kernel_mask, scale=1.0,
+                                          implementation=kernel, return_residual=True)
   rows = visible_rows(mask)
   lse = lse[0].T.astype(logits_dtype(q.dtype))
   return zero_empty_rows(jnp.swapaxes(out[0], 0, 1), rows, 2), zero_empty_rows(lse, rows, 1)

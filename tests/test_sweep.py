@@ -114,7 +114,7 @@ def test_resume_from_checkpoint_is_exact(tmp_path):
       if self.steps == 4:
         raise KeyboardInterrupt
 
-    def set_postfix(self, **_):
+    def set_postfix(self, *_, **__):
       pass
 
   with pytest.raises(KeyboardInterrupt):

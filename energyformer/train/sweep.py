@@ -23,6 +23,7 @@ structural hyperparameters), ``metric_name`` and ``higher_is_better``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import pathlib
@@ -345,7 +346,7 @@ def train_population(task, members: list[dict], config: SweepConfig, *, checkpoi
   for g, indices in enumerate(group_members(members, task.structural).values()):
     for c, piece in enumerate(chunks(indices, config.chunk_size)):
       directory = pathlib.Path(checkpoint_dir) / f"group{g}_chunk{c}" if checkpoint_dir else None
-      on_step = (lambda loss, evaluation: _advance(progress, loss, evaluation)) if progress is not None else None
+      on_step = None if progress is None else functools.partial(_advance, progress, metric_name=task.metric_name)
       for index, result in zip(piece, train_chunk(task, [members[i] for i in piece], config, checkpoint_dir=directory,
                                                   mesh=mesh, mesh_axis=mesh_axis, on_step=on_step,
                                                   writer=writer)):
@@ -353,10 +354,10 @@ def train_population(task, members: list[dict], config: SweepConfig, *, checkpoi
   return results
 
 
-def _advance(progress, loss, evaluation):
+def _advance(progress, loss, evaluation, *, metric_name: str):
   if evaluation is not None:
-    first = next(iter(evaluation.values()))
-    progress.set_postfix(loss=f"{np.mean(loss):.3f}", metric=f"{np.mean(first['metric']):.3f}")
+    name, first = next(iter(evaluation.items()))
+    progress.set_postfix({"loss": f"{np.mean(loss):.3f}", f"{name}_{metric_name}": f"{np.mean(first['metric']):.3f}"})
   progress.update(1)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from energyformer.studies import et_commands
+from energyformer.train import command as train_command
+
 
 def _demo(parser, args) -> None:
   from energyformer import demo
@@ -94,9 +97,7 @@ def _parser() -> argparse.ArgumentParser:
   sweep.add_argument("--out", default="runs/sweep", help="directory for members.csv, results.json, metrics, plot")
   sweep.set_defaults(handler=_sweep)
 
-  from energyformer.studies import et_commands
   et_commands.add_commands(commands)
-  from energyformer.train import command as train_command
   train_command.add_commands(commands)
   return parser
 

@@ -101,7 +101,7 @@ def test_structural_hyperparameters_are_grouped():
 
 def test_resume_from_checkpoint_is_exact(tmp_path):
   """A sweep killed after step 4 and rerun resumes from its step-3 checkpoint and ends bitwise where an
-  uninterrupted sweep ends, data order included."""
+  uninterrupted sweep ends, data order included; another sweep refuses to resume from those checkpoints."""
   config = dataclasses.replace(CONFIG, checkpoint_every=3)
   straight = sweep.train_population(TASK, MEMBERS, config, checkpoint_dir=tmp_path / "straight")
 
@@ -123,6 +123,9 @@ def test_resume_from_checkpoint_is_exact(tmp_path):
   for a, b in zip(straight, resumed):
     assert a["train_loss"] == b["train_loss"]
     assert a["curves"] == b["curves"]
+  other = [{**member, "learning_rate": 2e-3} for member in MEMBERS]
+  with pytest.raises(ValueError, match="different sweep"):
+    sweep.train_population(TASK, other, config, checkpoint_dir=tmp_path / "resumed")
 
 
 def test_evaluation_in_slices_equals_one_pass():

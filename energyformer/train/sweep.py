@@ -225,20 +225,29 @@ def _checkpoint_manager(directory, config: SweepConfig):
   return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
 
 
-def _save(manager, step, chunk: _Chunk, log: dict):
+def _run_identity(members: list[dict], config: SweepConfig) -> dict:
+  """What a checkpoint must match to be resumed: the chunk's members and the training budget."""
+  return json.loads(json.dumps({"members": members, "steps": config.steps, "batch_size": config.batch_size}))
+
+
+def _save(manager, step, chunk: _Chunk, log: dict, run: dict):
   data = [json.loads(json.dumps(it.get_state(), default=lambda v: np.asarray(v).tolist())) for it in chunk.iterators]
   manager.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(chunk.params), opt_state=ocp.args.StandardSave(chunk.opt_state),
-      log=ocp.args.JsonSave({**log, "data": data})))
+      log=ocp.args.JsonSave({**log, "data": data, "run": run})))
 
 
-def _restore(manager, chunk: _Chunk) -> tuple[int, dict]:
+def _restore(manager, chunk: _Chunk, members: list[dict], config: SweepConfig) -> tuple[int, dict]:
   step = manager.latest_step()
   restored = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(chunk.params), opt_state=ocp.args.StandardRestore(chunk.opt_state),
       log=ocp.args.JsonRestore()))
-  chunk.params, chunk.opt_state = restored["params"], restored["opt_state"]
   log = dict(restored["log"])
+  saved_run = log.pop("run")
+  if saved_run != _run_identity(members, config):
+    raise ValueError(f"{manager.directory} holds checkpoints of a different sweep (members or budget differ: saved "
+                     f"{saved_run}); write this sweep to a new output directory or delete that one.")
+  chunk.params, chunk.opt_state = restored["params"], restored["opt_state"]
   for iterator, state in zip(chunk.iterators, log.pop("data")):
     iterator.set_state(state)
   return step, log
@@ -264,7 +273,7 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
   manager = _checkpoint_manager(checkpoint_dir, config) if checkpoint_dir and config.checkpoint_every else None
   start, log = 0, {"train_loss": [], "evals": [], "step_seconds": []}
   if manager is not None and manager.latest_step() is not None:
-    start, log = _restore(manager, chunk)
+    start, log = _restore(manager, chunk, members, config)
   for index in range(start + 1, config.steps + 1):
     batch = placement(_next_batch(chunk.iterators, batch_keys))
     began = time.perf_counter()
@@ -282,7 +291,7 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
     if on_step is not None:
       on_step(loss, evaluation)
     if manager is not None and index % config.checkpoint_every == 0:
-      _save(manager, index, chunk, log)
+      _save(manager, index, chunk, log, _run_identity(members, config))
   if manager is not None:
     manager.wait_until_finished()
     manager.close()

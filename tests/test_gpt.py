@@ -88,11 +88,24 @@ def test_sampling_is_seeded_and_temperature_matters():
     (dict(mlp="moe"), "mlp"),
     (dict(beta=1.0), "beta"),
     (dict(depth=0), "depth"),
+    (dict(variant="linear", temperature=2.0), "temperature"),
 ])
 def test_bad_options_are_named(options, message):
   """Unknown variants or MLPs and out-of-range hyperparameters raise errors naming the option."""
   with pytest.raises(ValueError, match=message):
     GPTConfig(**{**TINY, **options})
+
+
+def test_temperature_option_sets_every_attention_temperature():
+  """``GPTConfig(temperature=T)`` puts T (not the default √head_dim) into every layer's and head's Helmholtz
+  temperature, and changes the logits."""
+  temperatures = lambda model: [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+                                if "temperature" in jax.tree_util.keystr(path)]
+  hot, default = _model("standard", temperature=4.0), _model("standard")
+  assert temperatures(hot) and all(jnp.all(t == 4.0) for t in temperatures(hot))
+  assert all(jnp.allclose(t, TINY["head_dim"] ** 0.5) for t in temperatures(default))
+  tokens = jnp.arange(8)[None] % 11
+  assert not jnp.allclose(hot(tokens), default(tokens))
 
 
 def test_sequence_longer_than_context_is_refused():

@@ -9,6 +9,7 @@ from flax import nnx
 
 from energyformer import energies, solvers
 from energyformer.layers import EnergyStack, Hyperparameter, Layer
+from references import helmholtz_grad
 
 D, H, DH, N = 16, 4, 4, 6
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -26,15 +27,6 @@ def _init(energy, seed, dtype=jnp.float32):
 @functools.lru_cache(maxsize=None)
 def _interaction_params(seed, dtype=jnp.float32):
   return _init(energies.Interaction(D, H, DH), seed, dtype)
-
-
-@jax.jit
-def helmholtz_grad(params, z, c):
-  """∂F(z; c)/∂z in closed form for F = −Σ_h T_h Σ_n log Σ_m exp(q_hn·k_hm/T_h): −Σ_hm p_hnm W^Q_h k_hm."""
-  q = jnp.einsum("nd,dhk->hnk", z, params["query"])
-  k = jnp.einsum("md,dhk->hmk", c, params["key"])
-  p = jax.nn.softmax(jnp.einsum("hnk,hmk->hnm", q, k) / params["temperature"][:, None, None], axis=-1)
-  return -jnp.einsum("hnm,hmk,dhk->nd", p, k, params["query"])
 
 
 def _quadratic():

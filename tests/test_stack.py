@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 from energyformer import energies
 from energyformer.energies import masks
 from energyformer.layers import EnergyStack, Fixed, Hyperparameter, Layer, Split, unroll, unwrap
+from references import helmholtz_grad
 
 D, H, DH, N, M = 16, 4, 4, 6, 32
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -21,15 +22,6 @@ def _tokens(seed, batch=None):
   """Standard-normal tokens (N, D), or (batch, N, D)."""
   shape = (N, D) if batch is None else (batch, N, D)
   return jax.random.normal(jax.random.key(seed), shape)
-
-
-@jax.jit
-def helmholtz_grad(params, z, c):
-  """∂F(z; c)/∂z in closed form for F = −Σ_h T_h Σ_n log Σ_m exp(q_hn·k_hm/T_h): −Σ_hm p_hnm W^Q_h k_hm."""
-  q = jnp.einsum("nd,dhk->hnk", z, params["query"])
-  k = jnp.einsum("md,dhk->hmk", c, params["key"])
-  p = jax.nn.softmax(jnp.einsum("hnk,hmk->hnm", q, k) / params["temperature"][:, None, None], axis=-1)
-  return -jnp.einsum("hnm,hmk,dhk->nd", p, k, params["query"])
 
 
 @jax.jit

@@ -180,6 +180,23 @@ def test_sweep_command_writes_table_plot_and_curves(tmp_path, capsys):
   assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4  # members × evaluations
 
 
+def test_sweep_command_builds_grid_and_random_members(monkeypatch, tmp_path):
+  """``--grid`` axes multiply, ``--range`` draws ``--random`` members (``:log`` log-uniformly), and both are
+  crossed with the variants and seeds (each seed also the data seed)."""
+  calls = []
+  monkeypatch.setattr(sweep, "run", lambda task, members, config, out, **_: calls.append((members, config)))
+  cli.main(["sweep", "--preset", "tiny", "--variants", "momentum", "nesterov", "--seeds", "2", "--grid",
+            "beta=0,0.5", "--grid", "learning_rate=1e-3,3e-3", "--chunk-size", "4", "--out", str(tmp_path)])
+  members, config = calls[-1]
+  assert len(members) == 2 * 2 * 2 * 2 and config.chunk_size == 4
+  assert {"beta": 0.5, "learning_rate": 3e-3, "variant": "nesterov", "seed": 1, "data_seed": 1} in members
+  cli.main(["sweep", "--preset", "tiny", "--random", "5", "--range", "learning_rate=1e-4:1e-2:log",
+            "--range", "eta=0.5:1.5", "--out", str(tmp_path)])
+  members, _ = calls[-1]
+  assert len(members) == 5 and all(1e-4 <= m["learning_rate"] <= 1e-2 and 0.5 <= m["eta"] <= 1.5
+                                   and m["variant"] == "standard" for m in members)
+
+
 def test_population_axis_over_a_mesh(tmp_path):
   """On 4 CPU devices, a population laid over a mesh axis trains the same members as on one device (rtol 1e-5)."""
   script = textwrap.dedent(f"""

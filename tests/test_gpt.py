@@ -36,6 +36,13 @@ def test_logits_ignore_later_tokens(variant):
   assert not jnp.array_equal(model(tokens)[:, 5:], model(changed)[:, 5:])
 
 
+def test_unrolled_depth_loop_gives_the_same_logits():
+  """scan_unroll=True (no depth loop) computes the same logits as the scanned stack (momentum carries state)."""
+  tokens = jax.random.randint(jax.random.key(3), (2, 8), 0, 11)
+  scanned, unrolled = (_model("momentum", depth=3, scan_unroll=u)(tokens) for u in (1, True))
+  assert jnp.allclose(scanned, unrolled, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_trains(variant):
   """Twelve Adam steps on a fixed batch lower the next-token loss."""

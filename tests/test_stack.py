@@ -110,13 +110,16 @@ def test_default_stacked_hparams_broadcast_over_depth():
   np.testing.assert_allclose(stacked(x), plain(x), rtol=1e-6, atol=1e-6)
 
 
-def test_remat_does_not_change_outputs_or_gradients():
-  """remat=True vs remat=False (Split of a Nesterov and a Newton step): same outputs and gradients (params, hparams)."""
+@pytest.mark.parametrize("options", [{"remat": False}, {"scan_unroll": True}, {"scan_unroll": 2},
+                                     {"remat": False, "scan_unroll": True}], ids=str)
+def test_remat_and_unroll_do_not_change_outputs_or_gradients(options):
+  """remat / scan_unroll vs the default scanned, rematerialised stack (Split of a Nesterov and a Newton step,
+  3 steps, so unroll=2 leaves a remainder): same outputs and gradients (params, hparams)."""
   split = Split((_interaction_layer("nesterov"), _interaction_layer("newton")))
   hparams = (split.parts[0].default_hparams(eta=0.3, beta=0.6), split.parts[1].default_hparams(eta=0.2))
   x = 0.5 * _tokens(7)
-  stacks = [EnergyStack(split, 3, rngs=nnx.Rngs(8), remat=remat, learn_hparams=True, hparams=hparams)
-            for remat in (True, False)]
+  stacks = [EnergyStack(split, 3, rngs=nnx.Rngs(8), learn_hparams=True, hparams=hparams, **kwargs)
+            for kwargs in ({}, options)]
 
   def loss(stack):
     return jnp.sum(jnp.sin(stack(x)))
@@ -130,6 +133,13 @@ def test_remat_does_not_change_outputs_or_gradients():
   for a, b in zip(*leaves):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert all(float(jnp.max(jnp.abs(leaf))) > 0.0 for leaf in leaves[0])
+
+
+@pytest.mark.parametrize("scan_unroll", [0, -1, 1.5, "all"])
+def test_bad_scan_unroll_raises(scan_unroll):
+  """scan_unroll must be a bool or a positive int; the error names the accepted values."""
+  with pytest.raises(ValueError, match="scan_unroll must be True"):
+    EnergyStack(_interaction_layer("gd"), 2, rngs=nnx.Rngs(0), scan_unroll=scan_unroll)
 
 
 def test_record_energy_matches_independent_energy():

@@ -17,7 +17,7 @@ from energyformer.checks import check_mask, check_positive_int, check_tokens
 from energyformer.energies.base import EnergySum
 from energyformer.energies.params import ParamSpec, init_params
 from energyformer.layers.split import Split
-from energyformer.layers.stack import Rollout, unroll
+from energyformer.layers.stack import Rollout, check_unroll, unroll
 from energyformer.solvers.base import check_hparams
 
 
@@ -77,13 +77,15 @@ class EnergyStack(nnx.Module):
   ``shared=False``: one parameter set per step (a stack of layers, parameters with a leading ``"layers"`` axis).
   ``shared=True``: one parameter set used at every step (recurrent depth, e.g. the Energy Transformer).
   ``stacked_hparams=True`` gives each step its own solver hyperparameters (e.g. per-layer step sizes).
+  ``remat`` and ``scan_unroll`` are passed to ``unroll``.
   """
 
   def __init__(self, layer, depth: int, *, rngs: nnx.Rngs, shared: bool = False, hparams=None,
                learn_hparams: bool = False, stacked_hparams: bool = False, remat: bool = True,
-               dtype=jnp.float32):
+               scan_unroll: int | bool = 1, dtype=jnp.float32):
     check_positive_int("depth", depth)
-    self.layer, self.depth, self.shared, self.remat = layer, depth, shared, remat
+    check_unroll(scan_unroll)
+    self.layer, self.depth, self.shared, self.remat, self.scan_unroll = layer, depth, shared, remat, scan_unroll
     self.stacked_hparams = stacked_hparams
     specs = layer.specs()
     key = rngs.params()
@@ -108,7 +110,7 @@ class EnergyStack(nnx.Module):
     check_mask(mask, x.shape[-2], x.shape[-2], batch_shape)
     run = functools.partial(unroll, self.layer, unwrap(self.params), unwrap(self.hparams), num_steps=self.depth,
                             stacked_params=not self.shared, stacked_hparams=self.stacked_hparams,
-                            record_energy=record_energy, remat=self.remat)
+                            record_energy=record_energy, remat=self.remat, scan_unroll=self.scan_unroll)
     if not batch_shape:
       return run(x, mask, state=state)
     if len(batch_shape) > 1:

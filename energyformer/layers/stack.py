@@ -22,14 +22,25 @@ class Rollout(NamedTuple):
   energy_after: jax.Array | None
 
 
+def check_unroll(scan_unroll) -> None:
+  """``scan_unroll`` must be ``True``/``False`` or a positive number of steps per loop iteration."""
+  if not isinstance(scan_unroll, bool) and not (isinstance(scan_unroll, int) and scan_unroll >= 1):
+    raise ValueError(f"scan_unroll must be True (no loop), False/1 (a loop of single steps) or a positive int "
+                     f"number of steps per loop iteration, got {scan_unroll!r}.")
+
+
 def unroll(layer, params, hparams, x, mask=None, *, num_steps: int, stacked_params: bool = True,
-           stacked_hparams: bool = False, state=None, record_energy: bool = False, remat: bool = True) -> Rollout:
+           stacked_hparams: bool = False, state=None, record_energy: bool = False, remat: bool = True,
+           scan_unroll: int | bool = 1) -> Rollout:
   """``(x_{l+1}, s_{l+1}) = layer.step(θ_l, h_l, x_l, s_l)`` for ``l < num_steps``, one sequence ``x`` (N, D).
 
   ``θ_l`` is ``params[l]`` when ``stacked_params`` else ``params``; likewise ``h_l`` and ``hparams``.
-  ``remat`` wraps each step in ``jax.checkpoint`` so training memory stays flat in depth.
+  ``remat`` wraps each step in ``jax.checkpoint`` so training memory stays flat in depth. ``scan_unroll`` is
+  ``lax.scan``'s ``unroll``: steps per loop iteration (``True``: no loop). Unrolling a shallow stack removes the
+  loop's stacked-residual buffers, a large cost for small models on CPU (``BENCHMARKS.md``).
   """
   check_positive_int("num_steps", num_steps)
+  check_unroll(scan_unroll)
   state = layer.init_state(x) if state is None else state
   per_step = {"params": params if stacked_params else None, "hparams": hparams if stacked_hparams else None}
   for name, stacked in per_step.items():
@@ -51,6 +62,6 @@ def unroll(layer, params, hparams, x, mask=None, *, num_steps: int, stacked_para
 
   if remat:
     body = jax.checkpoint(body)
-  (x, state), records = jax.lax.scan(body, (x, state), per_step, length=num_steps)
+  (x, state), records = jax.lax.scan(body, (x, state), per_step, length=num_steps, unroll=scan_unroll)
   before, after = records if record_energy else (None, None)
   return Rollout(x, state, before, after)

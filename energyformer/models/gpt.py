@@ -43,7 +43,8 @@ class GPTConfig:
   ``mlp``: ``"plain"`` is the standard MLP (the relaxed step on a GELU potential: untied output projection),
   ``"potential"`` the exact gradient step on that potential (tied weights), ``"none"`` attention only.
   ``eta`` and ``beta`` are the attention solver's step size and momentum; ``temperature`` is the softmax
-  variants' Helmholtz temperature (default ``√head_dim``, standard attention).
+  variants' Helmholtz temperature (default ``√head_dim``, standard attention). ``remat`` and ``scan_unroll``
+  (``True``: the depth loop unrolled, fastest for shallow models) are the depth scan's (``layers.unroll``).
   """
 
   vocab_size: int
@@ -61,6 +62,7 @@ class GPTConfig:
   splitting: str = "lie_trotter"
   tie_embeddings: bool = True
   remat: bool = True
+  scan_unroll: int | bool = 1
 
   def __post_init__(self):
     for name in ("vocab_size", "context_length", "dim", "num_heads", "head_dim", "depth", "mlp_hidden"):
@@ -116,7 +118,8 @@ class GPT(nnx.Module):
     self.config = config
     self.embed = _param(rngs, (config.vocab_size, config.dim), ("vocab", "embed"), 0.02)
     self.positions = _param(rngs, (config.context_length, config.dim), (None, "embed"), 0.02)
-    self.blocks = EnergyStack(block(config), config.depth, rngs=rngs, remat=config.remat)
+    self.blocks = EnergyStack(block(config), config.depth, rngs=rngs, remat=config.remat,
+                              scan_unroll=config.scan_unroll)
     self.norm_scale = nnx.Param(jnp.ones(config.dim), out_sharding=("embed",), eager_sharding=False)
     self.norm_bias = nnx.Param(jnp.zeros(config.dim), out_sharding=("embed",), eager_sharding=False)
     if not config.tie_embeddings:

@@ -32,7 +32,11 @@ from energyformer.train import sweep
 
 @dataclasses.dataclass(frozen=True)
 class LISStudy:
-  """What to train and how: data, model sizes, variants, seeds and the optimisation budget."""
+  """What to train and how: data, model sizes, variants, seeds and the optimisation budget.
+
+  ``scan_unroll=True`` unrolls the depth loop: for these shallow models it removes the loop's stacked-residual
+  buffers and makes a training step about 1.4× (one model) to 2× (a vmapped population) faster on CPU.
+  """
 
   data: LISConfig = LISConfig(min_length=6, max_length=12, vocab_numbers=24, train_size=20_000, val_size=500,
                               test_size=500, test_lengths=(13, 16))
@@ -51,6 +55,7 @@ class LISStudy:
   eval_every: int = 25
   target_accuracy: float = 0.5
   remat: bool = False
+  scan_unroll: int | bool = True
   in_memory_data: bool = True
 
   def __post_init__(self):
@@ -70,7 +75,7 @@ class LISStudy:
 
   def model_config(self, variant: str) -> GPTConfig:
     return GPTConfig(self.data.vocab_size, self.data.context_length, self.dim, self.num_heads, self.head_dim,
-                     self.depth, self.mlp_hidden, variant=variant, remat=self.remat)
+                     self.depth, self.mlp_hidden, variant=variant, remat=self.remat, scan_unroll=self.scan_unroll)
 
 
 PRESETS = {

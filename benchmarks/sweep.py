@@ -1,13 +1,19 @@
 """Throughput of a vmapped population against the same members trained one after another, measured in one run.
 
 For each model size and population size P: P LIS models (momentum variant, learning rates and momenta spread
-over a grid) trained once as one vmapped program (``chunk_size = P``) and once one member at a time
-(``chunk_size = 1``: a single-member program run P times). Both are run twice and timed the second time, so
-compilation is excluded. Printed: the median training-step time of each, the step throughput ratio
-``P · t_alone / t_population``, and the ratio of end-to-end wall times (model building, data and evaluation
-included).
+over a grid) trained three ways —
 
-  python benchmarks/sweep.py [--sizes 8 32] [--steps 30] [--models tiny default]
+* alone: one member at a time (``chunk_size = 1``: a single-member program run P times), on one device;
+* vmapped: the whole population as one vmapped program (``chunk_size = P``) on one device;
+* vmapped over N devices: the same program with the population axis laid over ``population_mesh(N)``. On a CPU
+  host the CPU is split into N devices (``use_cpu_devices``, default one per core): a small model's operations
+  run mostly on one core, so this is how a population uses all of them.
+
+Every configuration is compiled and run once, then timed ``--repeats`` times, interleaved; printed are the medians
+of the training-step times, the step throughput ratios ``P · t_alone / t_vmapped`` and the ratio of end-to-end
+wall times (model building, data and evaluation included).
+
+  python benchmarks/sweep.py [--sizes 8 32] [--steps 30] [--models tiny default] [--devices N] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -17,8 +23,9 @@ import os
 import platform
 import time
 
-from energyformer.studies import lis
-from energyformer.train import sweep
+import numpy as np
+
+from energyformer.train import mesh as mesh_lib
 
 
 def _members(size: int) -> list[dict]:
@@ -26,41 +33,60 @@ def _members(size: int) -> list[dict]:
            "data_seed": i} for i in range(size)]
 
 
-def _timed(task, members, config) -> tuple[float, float]:
-  """(median step seconds, wall seconds) of the second of two identical runs."""
-  sweep.train_population(task, members, config)
+def _timed(task, members, config, mesh) -> tuple[float, float]:
+  """(median step seconds, wall seconds) of one run."""
+  from energyformer.train import sweep
   began = time.perf_counter()
-  results = sweep.train_population(task, members, config)
+  results = sweep.train_population(task, members, config, mesh=mesh, mesh_axis=None if mesh is None else "population")
   return results[0]["seconds_per_step"], time.perf_counter() - began
 
 
-def measure(model: str, size: int, steps: int) -> dict:
+def measure(model: str, size: int, steps: int, devices: int, repeats: int) -> dict:
+  from energyformer.studies import lis
+  from energyformer.train import sweep
   study = lis.PRESETS[model]
   task = lis.LISTask(study)
   config = dataclasses.replace(study.sweep_config(), steps=steps, eval_every=steps)
   members = _members(size)
-  together, together_wall = _timed(task, members, dataclasses.replace(config, chunk_size=size))
-  alone, alone_wall = _timed(task, members, dataclasses.replace(config, chunk_size=1))
-  return {"model": model, "members": size, "population_step_ms": 1e3 * together, "alone_step_ms": 1e3 * alone,
-          "step_throughput_ratio": size * alone / together, "wall_ratio": alone_wall / together_wall}
+  ways = {"alone": (dataclasses.replace(config, chunk_size=1), None),
+          "vmapped": (dataclasses.replace(config, chunk_size=size), None),
+          "devices": (dataclasses.replace(config, chunk_size=size), sweep.population_mesh(devices))}
+  for way_config, way_mesh in ways.values():
+    _timed(task, members, way_config, way_mesh)
+  times = {name: [] for name in ways}
+  for _ in range(repeats):
+    for name, (way_config, way_mesh) in ways.items():
+      times[name].append(_timed(task, members, way_config, way_mesh))
+  step = {name: float(np.median([t[0] for t in runs])) for name, runs in times.items()}
+  wall = {name: float(np.median([t[1] for t in runs])) for name, runs in times.items()}
+  return {"model": model, "members": size, "step_ms": {k: 1e3 * v for k, v in step.items()},
+          "step_ratio": {k: size * step["alone"] / step[k] for k in ("vmapped", "devices")},
+          "wall_ratio": {k: wall["alone"] / wall[k] for k in ("vmapped", "devices")}}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
   parser.add_argument("--steps", type=int, default=30)
-  parser.add_argument("--models", nargs="+", default=["tiny", "default"], choices=sorted(lis.PRESETS))
+  parser.add_argument("--models", nargs="+", default=["tiny", "default"])
+  parser.add_argument("--devices", type=int, default=os.cpu_count(), help="devices of the third way (default: cores)")
+  parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
-  print(f"machine: {platform.platform()} ({platform.processor() or platform.machine()}), {os.cpu_count()} CPUs")
-  header = f"{'model':8s} {'P':>3s} | {'vmapped ms/step':>15s} {'alone ms/step':>13s} | {'step ratio':>10s} " \
-           f"{'wall ratio':>10s}"
+  mesh_lib.use_cpu_devices(args.devices)
+  import jax
+  print(f"machine: {platform.platform()} ({platform.processor() or platform.machine()}), {os.cpu_count()} CPUs, "
+        f"{jax.device_count()} {jax.default_backend()} devices")
+  header = (f"{'model':8s} {'P':>3s} | {'alone':>7s} {'vmapped':>8s} {f'over {args.devices}':>8s} ms/step | "
+            f"{'step ratio':>10s} {f'over {args.devices}':>8s} | {'wall ratio':>10s} {f'over {args.devices}':>8s}")
   print(header)
   print("-" * len(header))
   for model in args.models:
     for size in args.sizes:
-      r = measure(model, size, args.steps)
-      print(f"{model:8s} {size:>3d} | {r['population_step_ms']:>15.1f} {r['alone_step_ms']:>13.2f} | "
-            f"{r['step_throughput_ratio']:>9.2f}x {r['wall_ratio']:>9.2f}x", flush=True)
+      r = measure(model, size, args.steps, args.devices, args.repeats)
+      ms, step, wall = r["step_ms"], r["step_ratio"], r["wall_ratio"]
+      print(f"{model:8s} {size:>3d} | {ms['alone']:>7.2f} {ms['vmapped']:>8.1f} {ms['devices']:>8.1f}         | "
+            f"{step['vmapped']:>9.2f}x {step['devices']:>7.2f}x | {wall['vmapped']:>9.2f}x {wall['devices']:>7.2f}x",
+            flush=True)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,19 @@ def _lis_study(parser, args):
   return dataclasses.replace(lis.PRESETS[args.preset], **overrides)
 
 
+def _population_mesh(args):
+  """The mesh ``--devices`` asks for (None for one device); on a CPU host the CPU is split into that many devices."""
+  if args.devices == 1:
+    return None
+  from energyformer.train import mesh, sweep
+  mesh.use_cpu_devices(args.devices)
+  return sweep.population_mesh(args.devices)
+
+
 def _lis(parser, args) -> None:
   from energyformer.studies import lis
-  lis.run(_lis_study(parser, args), args.out)
+  mesh = _population_mesh(args)
+  lis.run(_lis_study(parser, args), args.out, mesh=mesh)
 
 
 def _value(text: str):
@@ -49,6 +59,7 @@ def _assignments(parser, items, option: str) -> dict[str, list[str]]:
 def _sweep(parser, args) -> None:
   from energyformer.studies import lis
   from energyformer.train import sweep
+  mesh = _population_mesh(args)
   study = _lis_study(parser, args)
   if args.random:
     ranges = {name: tuple(_value(v) for v in spec.split(":"))
@@ -60,7 +71,8 @@ def _sweep(parser, args) -> None:
   members = sweep.cross(members, variant=args.variants or ["standard"], seed=list(range(args.seeds or 1)))
   members = [{**member, "data_seed": member["seed"]} for member in members]
   config = dataclasses.replace(study.sweep_config(), chunk_size=args.chunk_size, checkpoint_every=args.checkpoint_every)
-  sweep.run(lis.LISTask(study), members, config, args.out, description="LIS sweep")
+  axis = None if mesh is None else "population"
+  sweep.run(lis.LISTask(study), members, config, args.out, mesh=mesh, mesh_axis=axis, description="LIS sweep")
 
 
 def _add_lis_options(command, variants_help: str) -> None:
@@ -68,6 +80,9 @@ def _add_lis_options(command, variants_help: str) -> None:
   command.add_argument("--variants", nargs="+", help=variants_help)
   command.add_argument("--seeds", type=int, help="models per variant (seeds 0, 1, ...)")
   command.add_argument("--steps", type=int, help="training steps per model")
+  command.add_argument("--devices", type=int, default=1,
+                       help="lay each population over this many devices; on a CPU host the CPU is split into as many "
+                            "devices (e.g. one per core), which puts the members on every core")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,11 +1,12 @@
 """The LIS task: the LIS solvers against brute force, the token layout, determinism, splits and the grain pipeline."""
 import itertools
 
+import grain
 import numpy as np
 import pytest
 
-from energyformer.data import (LISConfig, LISSource, decode_answer, encode, generate, lis_brute_force, lis_dataset,
-                               lis_length, lis_sequence, numpy_split, solve)
+from energyformer.data import (EpochShuffled, LISConfig, LISSource, decode_answer, encode, generate, lis_brute_force,
+                               lis_dataset, lis_length, lis_sequence, numpy_split, solve)
 
 SMALL = dict(train_size=64, val_size=32, test_size=32)
 
@@ -133,6 +134,19 @@ def test_grain_shards_partition_the_split_and_epochs_reshuffle():
   assert set().union(*map(set, shards)) == everything
   two_epochs = _rows(lis_dataset(config, "train", batch_size=8, shuffle_seed=3, num_epochs=2))
   assert set(two_epochs[:64]) == set(two_epochs[64:]) == everything and two_epochs[:64] != two_epochs[64:]
+
+
+def test_epoch_shuffled_reads_each_epoch_in_its_own_permutation():
+  """Every epoch of EpochShuffled is a permutation of the parent, π_e from default_rng([seed, e]); epochs differ."""
+  stream = EpochShuffled(grain.MapDataset.source(np.arange(100, 110)), seed=4, num_epochs=3)
+  assert len(stream) == 30
+  epochs = [[stream[e * 10 + p] for p in range(10)] for e in range(3)]
+  for e, epoch in enumerate(epochs):
+    np.testing.assert_array_equal(epoch, 100 + np.random.default_rng([4, e]).permutation(10))
+  assert epochs[0] != epochs[1] != epochs[2]
+  np.testing.assert_array_equal(stream.parent_indices(np.array([25, 3, 17])),
+                                [np.random.default_rng([4, 2]).permutation(10)[5], epochs[0][3] - 100,
+                                 epochs[1][7] - 100])
 
 
 def test_in_memory_dataset_serves_the_same_batches():

@@ -14,6 +14,7 @@ from flax import nnx
 
 from energyformer import cli
 from energyformer.studies import lis
+from energyformer.train import mesh as train_mesh
 from energyformer.train import sweep
 
 STUDY = dataclasses.replace(lis.PRESETS["tiny"], depth=1, eval_every=3)
@@ -198,20 +199,39 @@ def test_sweep_command_builds_grid_and_random_members(monkeypatch, tmp_path):
 
 
 def test_population_axis_over_a_mesh(tmp_path):
-  """On 4 CPU devices, a population laid over a mesh axis trains the same members as on one device (rtol 1e-5)."""
+  """On 4 CPU devices (``use_cpu_devices``), a population laid over ``population_mesh`` trains the same members as
+  on one device (rtol 1e-5); 5 members are padded to 8 and only the 5 come back; so does ``energyformer sweep
+  --devices 4`` with 3 members."""
   script = textwrap.dedent(f"""
       import dataclasses, json, jax
+      from energyformer.train import mesh, sweep
+      mesh.use_cpu_devices(4)
+      from energyformer import cli
       from energyformer.studies import lis
-      from energyformer.train import sweep
       task = lis.LISTask(dataclasses.replace(lis.PRESETS["tiny"], depth=1))
       config = sweep.SweepConfig(steps=3, batch_size=4, eval_every=3)
-      members = [{{"variant": "standard", "seed": s, "data_seed": s, "learning_rate": 1e-3 * (s + 1)}} for s in range(4)]
-      mesh = jax.make_mesh((4,), ("population",))
-      sharded = sweep.train_population(task, members, config, mesh=mesh, mesh_axis="population")
+      members = [{{"variant": "standard", "seed": s, "data_seed": s, "learning_rate": 1e-3 * (s + 1)}} for s in range(5)]
+      sharded = sweep.train_population(task, members, config, mesh=sweep.population_mesh(4), mesh_axis="population")
       single = sweep.train_population(task, members, config)
-      print(json.dumps([[r["train_loss"] for r in sharded], [r["train_loss"] for r in single]]))
+      cli.main(["sweep", "--preset", "tiny", "--devices", "4", "--grid", "learning_rate=1e-3,2e-3,3e-3", "--steps", "2",
+                "--out", {str(tmp_path)!r}])
+      print(json.dumps([jax.device_count(), [r["train_loss"] for r in sharded], [r["train_loss"] for r in single]]))
   """)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True).stdout
-  sharded, single = json.loads(out.splitlines()[-1])
+  devices, sharded, single = json.loads(out.splitlines()[-1])
+  assert devices == 4 and len(sharded) == len(single) == 5
   np.testing.assert_allclose(sharded, single, rtol=1e-5)
+  rows = json.loads((tmp_path / "results.json").read_text())["members"]  # energyformer sweep --devices 4: 3 of 4
+  assert sorted(r["learning_rate"] for r in rows) == [1e-3, 2e-3, 3e-3]
+
+
+def test_population_mesh_and_cpu_devices_name_the_fix():
+  """Asking for more devices than JAX sees, or splitting the CPU after JAX started, names the fix."""
+  with pytest.raises(ValueError, match="use_cpu_devices"):
+    sweep.population_mesh(jax.device_count() + 1)
+  jax.numpy.zeros(1).block_until_ready()
+  with pytest.raises(RuntimeError, match="before any JAX computation"):
+    train_mesh.use_cpu_devices(2)
+  assert sweep.padded([{"a": 1}, {"a": 2}, {"a": 3}], 4) == [{"a": 1}, {"a": 2}, {"a": 3}, {"a": 3}]

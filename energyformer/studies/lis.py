@@ -133,10 +133,12 @@ def _split_arrays(data: LISConfig, split: str) -> dict:
   return {k: jnp.asarray(v) for k, v in numpy_split(data, split).items() if k in ("tokens", "loss_mask")}
 
 
-def train_variant(study: LISStudy, variant: str, writer: MetricsWriter, progress) -> dict:
-  """Trains ``study.seeds`` models of ``variant`` as one population; returns curves, accuracies and timing."""
+def train_variant(study: LISStudy, variant: str, writer: MetricsWriter, progress, mesh=None) -> dict:
+  """Trains ``study.seeds`` models of ``variant`` as one population (laid over ``mesh``'s ``population`` axis when
+  given, ``sweep.population_mesh``); returns curves, accuracies and timing."""
   members = [{"variant": variant, "seed": seed, "data_seed": seed} for seed in range(study.seeds)]
-  runs = sweep.train_population(LISTask(study), members, study.sweep_config(), progress=progress, writer=writer)
+  runs = sweep.train_population(LISTask(study), members, study.sweep_config(), progress=progress, writer=writer,
+                                mesh=mesh, mesh_axis=None if mesh is None else "population")
   val = [run["curves"]["val"]["metric"] for run in runs]
   curve = [(step, [accs[i] for accs in val]) for i, step in enumerate(runs[0]["eval_steps"])]
   return {"variant": variant, "curve": curve, "val_accuracy": curve[-1][1],
@@ -197,14 +199,15 @@ def plot_curves(results: list[dict], path) -> None:
   plt.close(fig)
 
 
-def run(study: LISStudy, out_dir="runs/lis") -> list[dict]:
-  """Trains every variant, prints the table, writes results.csv, results.json, metrics and val_accuracy.png."""
+def run(study: LISStudy, out_dir="runs/lis", mesh=None) -> list[dict]:
+  """Trains every variant (each population over ``mesh`` if given), prints the table, writes results.csv,
+  results.json, metrics and val_accuracy.png."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   results = []
   with MetricsWriter(out) as writer, tqdm(total=study.steps * len(study.variants), desc="LIS", unit="step") as bar:
     for variant in study.variants:
-      results.append(train_variant(study, variant, writer, bar))
+      results.append(train_variant(study, variant, writer, bar, mesh))
   rows = [summarize(r) for r in results]
   table = format_table(rows, study)
   print("\n" + table)

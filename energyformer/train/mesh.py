@@ -7,6 +7,7 @@ import math
 import jax
 from jax.sharding import AxisType
 
+from energyformer.checks import check_positive_int
 from energyformer.train.sharding import DEFAULT_RULES, MESH_AXES, check_rules
 
 
@@ -103,3 +104,20 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   """
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                              process_id=process_id)
+
+
+def use_cpu_devices(count: int) -> None:
+  """Makes JAX see at least ``count`` devices, splitting the host's CPU into ``count`` XLA devices
+  (``jax_num_cpu_devices``) when JAX has not started yet.
+
+  One CPU device runs a program's operations mostly on one core when they are small; several devices let
+  independent work (the members of a population, data-parallel shards) run on all cores. Call it before JAX's
+  first computation; on accelerator hosts it only changes the CPU backend.
+  """
+  check_positive_int("count", count)
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:
+    if jax.device_count() < count:
+      raise RuntimeError(f"cannot give JAX {count} devices: it has already started with {jax.device_count()}. Call "
+                         "use_cpu_devices first thing in the program, before any JAX computation.") from None

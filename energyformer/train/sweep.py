@@ -12,7 +12,8 @@ A *member* is a dict of hyperparameters. Its keys are of four kinds:
 
 A group trains in chunks of at most ``chunk_size`` members (for populations that do not fit in memory); the
 members of a chunk share one ``jax.jit(jax.vmap(train_step))``, optionally with the population axis laid over a
-mesh axis. With ``checkpoint_every`` a chunk saves its parameters, optimiser state, data iterators and curves
+mesh axis (``population_mesh``; on a CPU host with ``mesh.use_cpu_devices`` this puts the members on every core).
+With ``checkpoint_every`` a chunk saves its parameters, optimiser state, data iterators and curves
 with orbax, and a rerun of the same sweep resumes every chunk from its latest checkpoint.
 
 A task (for instance ``energyformer.studies.lis.LISTask``) provides ``model(member) -> nnx.Module``,
@@ -206,6 +207,22 @@ def _build_programs(task, graphdef, total_steps: int, clip_norm: float):
   return step, evaluate
 
 
+def population_mesh(num_devices: int | None = None, axis: str = "population") -> jax.sharding.Mesh:
+  """A one-axis mesh over the first ``num_devices`` devices (all of them by default) to lay populations over."""
+  devices = jax.devices()
+  count = len(devices) if num_devices is None else num_devices
+  check_positive_int("num_devices", count)
+  if count > len(devices):
+    raise ValueError(f"a population mesh of {count} devices needs {count} devices, but JAX sees {len(devices)}; on a "
+                     f"CPU host call energyformer.train.mesh.use_cpu_devices({count}) before any JAX computation.")
+  return jax.sharding.Mesh(np.asarray(devices[:count]), (axis,))
+
+
+def padded(members: list[dict], multiple: int) -> list[dict]:
+  """``members`` followed by copies of the last one, up to a multiple of ``multiple`` (a mesh axis' size)."""
+  return members + [members[-1]] * (-len(members) % multiple)
+
+
 def _placement(mesh, axis: str | None):
   """Puts a pytree with a leading population axis onto ``mesh`` split along ``axis`` (identity without a mesh)."""
   if mesh is None:
@@ -258,13 +275,15 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
   """Trains ``members`` (one structural group) together; returns one result dict per member.
 
   At every evaluation each member's train loss and evaluation losses and metrics go to ``writer`` (a
-  ``MetricsWriter``), under the member's name.
+  ``MetricsWriter``), under the member's name. Over a mesh, a chunk whose size the mesh axis does not divide is
+  ``padded`` with copies of its last member, trained alongside and left out of the results.
 
   A result holds the member, its ``train_loss`` at every step, ``eval_steps`` (every ``eval_every`` steps and the
   last) with the loss and metric on each of the task's evaluation sets there (``curves[set]["loss" | "metric"]``),
   and ``seconds_per_step`` (median over the chunk's steps after the first).
   """
   placement = _placement(mesh, mesh_axis)
+  real, members = members, padded(members, 1 if mesh is None else mesh.shape[mesh_axis])
   chunk = _init_chunk(task, members, config, placement)
   structure = next(iter(group_members(members, task.structural)))
   step_fn, evaluate = _programs(task, structure, chunk.graphdef, config.steps, config.clip_norm)
@@ -287,15 +306,15 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
                     for name, batch_set in eval_sets.items()}
       log["evals"].append([index, evaluation])
       if writer is not None:
-        _write(writer, index, members, loss, evaluation, task.metric_name)
+        _write(writer, index, real, loss, evaluation, task.metric_name)
     if on_step is not None:
-      on_step(loss, evaluation)
+      on_step(loss[:len(real)], evaluation)
     if manager is not None and index % config.checkpoint_every == 0:
       _save(manager, index, chunk, log, _run_identity(members, config))
   if manager is not None:
     manager.wait_until_finished()
     manager.close()
-  return _member_results(members, log)
+  return _member_results(real, log)
 
 
 def evaluate_in_slices(evaluate, params, rest, batch: dict, slice_size: int) -> dict:
@@ -341,16 +360,15 @@ def train_population(task, members: list[dict], config: SweepConfig, *, checkpoi
                      mesh_axis: str | None = None, progress=None, writer=None) -> list[dict]:
   """Trains every member: grouped by structure, chunked, each chunk one vmapped program. Results in member order.
 
-  With a ``mesh``, the population axis of each chunk is split over ``mesh_axis`` (the chunk size must be a
-  multiple of that axis' size). ``progress`` (a tqdm bar) advances by one per chunk step; ``writer`` receives
+  With a ``mesh``, the population axis of each chunk is split over ``mesh_axis`` (chunks are padded to a multiple
+  of that axis' size, ``train_chunk``). ``progress`` (a tqdm bar) advances by one per chunk step; ``writer`` receives
   every evaluation (``train_chunk``).
   """
   if not members:
     raise ValueError("a sweep needs at least one member; build them with grid(...) or random_search(...).")
   check_members(members, task.structural)
-  if mesh is not None:
-    _check_mesh_axis(mesh, mesh_axis, [len(c) for g in group_members(members, task.structural).values()
-                                       for c in chunks(g, config.chunk_size)])
+  if mesh is not None and mesh_axis not in mesh.axis_names:
+    raise ValueError(f"mesh_axis {mesh_axis!r} is not an axis of the mesh {mesh.axis_names}; name one of them.")
   results: list = [None] * len(members)
   for g, indices in enumerate(group_members(members, task.structural).values()):
     for c, piece in enumerate(chunks(indices, config.chunk_size)):
@@ -366,17 +384,9 @@ def train_population(task, members: list[dict], config: SweepConfig, *, checkpoi
 def _advance(progress, loss, evaluation, *, metric_name: str):
   if evaluation is not None:
     name, first = next(iter(evaluation.items()))
-    progress.set_postfix({"loss": f"{np.mean(loss):.3f}", f"{name}_{metric_name}": f"{np.mean(first['metric']):.3f}"})
+    metric = np.mean(first["metric"][:len(loss)])  # the chunk's own members, not its padding
+    progress.set_postfix({"loss": f"{np.mean(loss):.3f}", f"{name}_{metric_name}": f"{metric:.3f}"})
   progress.update(1)
-
-
-def _check_mesh_axis(mesh, axis, chunk_sizes):
-  if axis not in mesh.axis_names:
-    raise ValueError(f"mesh_axis {axis!r} is not an axis of the mesh {mesh.axis_names}; name one of them.")
-  bad = sorted({n for n in chunk_sizes if n % mesh.shape[axis]})
-  if bad:
-    raise ValueError(f"chunks of {bad} members cannot be split over mesh axis {axis!r} of size {mesh.shape[axis]}; "
-                     f"choose chunk_size (and group sizes) divisible by {mesh.shape[axis]}.")
 
 
 def total_chunk_steps(task, members, config: SweepConfig) -> int:

@@ -11,9 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from scipy.stats import norm
 
 from energyformer import energies
 from energyformer.energies import masks
+from energyformer.energies.memory import POTENTIALS
+from energyformer.layers import derive
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 H, N, M, DH, D = 2, 3, 4, 3, 5
@@ -409,3 +412,34 @@ def test_boundary_arguments_are_accepted():
   energies.Discounted(decay=1.0)
   energies.lp(1.0)
   energies.Interaction(1, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------- potentials
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_potential_derivatives_are_the_activation_and_its_derivative(activation):
+  """Φ' = σ (ReLU, exact GELU h·N(h)) and Φ'' = σ' (1[h>0], N(h) + h·n(h)), both against closed forms, float64."""
+  h = np.linspace(-3.0, 3.0, 61) + 0.013
+  closed = {"relu": (np.maximum(h, 0.0), (h > 0).astype(float)),
+            "gelu": (h * norm.cdf(h), norm.cdf(h) + h * norm.pdf(h))}[activation]
+  with jax.enable_x64(True):
+    phi = POTENTIALS[activation]
+    first = jax.vmap(jax.grad(phi))(jnp.asarray(h))
+    second = jax.vmap(jax.grad(jax.grad(phi)))(jnp.asarray(h))
+  np.testing.assert_allclose(first, closed[0], rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(second, closed[1], rtol=1e-12, atol=1e-12)
+
+
+def test_potential_fields_are_tied_and_untied_mlps():
+  """−∂E/∂x = σ(xξᵀ + b) ξ for the tied field and σ(xξᵀ + b) W^out for the relaxed one (exact GELU)."""
+  potential = energies.Potential(6, 10, "gelu", bias=True, values=True)
+  params = energies.init_params(potential.specs(), jax.random.key(0))
+  params["bias"] = 0.3 * jax.random.normal(jax.random.key(1), (10,))
+  x = np.asarray(jax.random.normal(jax.random.key(2), (5, 6)))
+  h = x @ np.asarray(params["memories"]).T + np.asarray(params["bias"])
+  hidden = h * norm.cdf(h)
+  np.testing.assert_allclose(-derive.tied_gradient(potential, params, x, None), hidden @ params["memories"],
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(-derive.relaxed_gradient(potential, params, x, None), hidden @ params["output"],
+                             rtol=1e-5, atol=1e-6)

@@ -18,6 +18,14 @@ def _memory_spec(dim, num_memories):
   return ParamSpec((num_memories, dim), ("mlp", "embed"), normal(dim ** -0.5))
 
 
+def _with_derivative(potential, derivative):
+  """``potential`` whose derivative is computed by ``derivative`` (a ``custom_jvp``: ``Φ̇ = σ(h) ḣ``), so that the
+  gradient of a potential energy is the activation function itself and its derivatives are the activation's."""
+  wrapped = jax.custom_jvp(potential)
+  wrapped.defjvp(lambda primals, tangents: (wrapped(primals[0]), derivative(primals[0]) * tangents[0]))
+  return wrapped
+
+
 def _relu_potential(h):
   """``Φ(h) = ½ ReLU(h)²``, so ``Φ' = ReLU``."""
   return 0.5 * jnp.square(jax.nn.relu(h))
@@ -34,7 +42,13 @@ def _gelu_potential(h):
   return (0.5 * ((x * x - 1.0) * cdf + x * pdf) + 0.25).astype(h.dtype)
 
 
-POTENTIALS = {"relu": _relu_potential, "gelu": _gelu_potential}
+def _gelu(h):
+  """``σ(h) = h N(h)``, exact GELU, in at least float32 like its potential."""
+  return jax.nn.gelu(h.astype(jnp.promote_types(h.dtype, jnp.float32)), approximate=False).astype(h.dtype)
+
+
+ACTIVATIONS = {"relu": jax.nn.relu, "gelu": _gelu}
+POTENTIALS = {"relu": _with_derivative(_relu_potential, jax.nn.relu), "gelu": _with_derivative(_gelu_potential, _gelu)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +91,7 @@ class Potential:
 
   def relaxed_gradient(self, params, x, mask=None):
     """``G = (∂E/∂h) W^out = −σ(h) W^out``."""
-    hidden_grad = jax.grad(lambda h: -jnp.sum(POTENTIALS[self.activation](h)))(self.hidden(params, x))
-    return hidden_grad @ params["output"]
+    return -ACTIVATIONS[self.activation](self.hidden(params, x)) @ params["output"]
 
 
 def HopfieldReLU2(dim: int, num_memories: int) -> Potential:

@@ -280,7 +280,8 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
 
   A result holds the member, its ``train_loss`` at every step, ``eval_steps`` (every ``eval_every`` steps and the
   last) with the loss and metric on each of the task's evaluation sets there (``curves[set]["loss" | "metric"]``),
-  and ``seconds_per_step`` (median over the chunk's steps after the first).
+  and ``seconds_per_step`` (median over the chunk's steps after the first of the time from one step's end to the
+  next's, evaluations and checkpoints excluded: the throughput of the training loop).
   """
   placement = _placement(mesh, mesh_axis)
   real, members = members, padded(members, 1 if mesh is None else mesh.shape[mesh_axis])
@@ -293,12 +294,12 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
   start, log = 0, {"train_loss": [], "evals": [], "step_seconds": []}
   if manager is not None and manager.latest_step() is not None:
     start, log = _restore(manager, chunk, members, config)
-  for index in range(start + 1, config.steps + 1):
-    batch = placement(_next_batch(chunk.iterators, batch_keys))
-    began = time.perf_counter()
-    chunk.params, chunk.opt_state, loss, _ = step_fn(chunk.params, chunk.rest, chunk.opt_state, batch, chunk.hparams)
+  clock = [time.perf_counter()]
+
+  def finish(index, loss):
+    """Logs step ``index`` once its loss is ready; evaluates, reports and saves where that step asks for it."""
     loss = np.asarray(loss)
-    log["step_seconds"].append(time.perf_counter() - began)
+    log["step_seconds"].append(time.perf_counter() - clock[0])
     log["train_loss"].append(loss.tolist())
     evaluation = None
     if index % config.eval_every == 0 or index == config.steps:
@@ -311,10 +312,30 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
       on_step(loss[:len(real)], evaluation)
     if manager is not None and index % config.checkpoint_every == 0:
       _save(manager, index, chunk, log, _run_identity(members, config))
+    clock[0] = time.perf_counter()
+
+  # Step i + 1 is dispatched before step i's loss is read, so the host's work (data, logging) overlaps the
+  # device's; steps that evaluate or save are finished before the next one starts (they need its state).
+  pending = None
+  for index in range(start + 1, config.steps + 1):
+    batch = placement(_next_batch(chunk.iterators, batch_keys))
+    chunk.params, chunk.opt_state, loss, _ = step_fn(chunk.params, chunk.rest, chunk.opt_state, batch, chunk.hparams)
+    if pending is not None:
+      finish(*pending)
+    pending = (index, loss)
+    if _needs_state(index, config, manager is not None):
+      finish(*pending)
+      pending = None
   if manager is not None:
     manager.wait_until_finished()
     manager.close()
   return _member_results(real, log)
+
+
+def _needs_state(index: int, config: SweepConfig, checkpointing: bool) -> bool:
+  """Whether step ``index`` evaluates or saves, and so must finish before step ``index + 1`` starts."""
+  return (index % config.eval_every == 0 or index == config.steps
+          or (checkpointing and index % config.checkpoint_every == 0))
 
 
 def evaluate_in_slices(evaluate, params, rest, batch: dict, slice_size: int) -> dict:

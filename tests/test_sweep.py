@@ -200,8 +200,8 @@ def test_sweep_command_builds_grid_and_random_members(monkeypatch, tmp_path):
 
 def test_population_axis_over_a_mesh(tmp_path):
   """On 4 CPU devices (``use_cpu_devices``), a population laid over ``population_mesh`` trains the same members as
-  on one device (rtol 1e-5); 5 members are padded to 8 and only the 5 come back; so does ``energyformer sweep
-  --devices 4`` with 3 members."""
+  on one device (rtol 1e-5); 5 members are padded to 8 and only the 5 come back; so do ``energyformer sweep
+  --devices 4`` and ``energyformer lis --devices 4`` with 3 members."""
   script = textwrap.dedent(f"""
       import dataclasses, json, jax
       from energyformer.train import mesh, sweep
@@ -215,6 +215,8 @@ def test_population_axis_over_a_mesh(tmp_path):
       single = sweep.train_population(task, members, config)
       cli.main(["sweep", "--preset", "tiny", "--devices", "4", "--grid", "learning_rate=1e-3,2e-3,3e-3", "--steps", "2",
                 "--out", {str(tmp_path)!r}])
+      cli.main(["lis", "--preset", "tiny", "--variants", "standard", "--seeds", "3", "--steps", "2", "--devices", "4",
+                "--out", {str(tmp_path / "lis")!r}])
       print(json.dumps([jax.device_count(), [r["train_loss"] for r in sharded], [r["train_loss"] for r in single]]))
   """)
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -225,6 +227,8 @@ def test_population_axis_over_a_mesh(tmp_path):
   np.testing.assert_allclose(sharded, single, rtol=1e-5)
   rows = json.loads((tmp_path / "results.json").read_text())["members"]  # energyformer sweep --devices 4: 3 of 4
   assert sorted(r["learning_rate"] for r in rows) == [1e-3, 2e-3, 3e-3]
+  run = json.loads((tmp_path / "lis" / "results.json").read_text())["runs"][0]  # energyformer lis --devices 4
+  assert len(run["val_accuracy"]) == len(run["test_accuracy"]) == 3
 
 
 def test_population_mesh_and_cpu_devices_name_the_fix():

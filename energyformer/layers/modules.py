@@ -71,21 +71,32 @@ def _check_hparam_tree(layer, hparams, stacked: bool):
     check_hparams(part.solver, h)
 
 
+def _mesh_batch_axes(batch_axes: tuple[str, ...]) -> tuple[str, ...]:
+  """``batch_axes`` if the current mesh (``jax.set_mesh``) has them all, else ``()`` (nothing to pin)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not batch_axes or mesh.empty or not set(batch_axes) <= set(mesh.axis_names):
+    return ()
+  return batch_axes
+
+
 class EnergyStack(nnx.Module):
   """``depth`` solver steps of ``layer`` over the tokens, as one ``lax.scan``.
 
   ``shared=False``: one parameter set per step (a stack of layers, parameters with a leading ``"layers"`` axis).
   ``shared=True``: one parameter set used at every step (recurrent depth, e.g. the Energy Transformer).
   ``stacked_hparams=True`` gives each step its own solver hyperparameters (e.g. per-layer step sizes).
-  ``remat`` and ``scan_unroll`` are passed to ``unroll``.
+  ``remat`` and ``scan_unroll`` are passed to ``unroll``. ``batch_axes``: the mesh axes a batch of sequences is
+  split over in sharded training; under ``jax.set_mesh`` with those axes the token states keep that layout
+  through the depth loop (``unroll``'s ``pin_tokens``).
   """
 
   def __init__(self, layer, depth: int, *, rngs: nnx.Rngs, shared: bool = False, hparams=None,
                learn_hparams: bool = False, stacked_hparams: bool = False, remat: bool = True,
-               scan_unroll: int | bool = 1, dtype=jnp.float32):
+               scan_unroll: int | bool = 1, batch_axes: tuple[str, ...] = (), dtype=jnp.float32):
     check_positive_int("depth", depth)
     check_unroll(scan_unroll)
     self.layer, self.depth, self.shared, self.remat, self.scan_unroll = layer, depth, shared, remat, scan_unroll
+    self.batch_axes = tuple(batch_axes)
     self.stacked_hparams = stacked_hparams
     specs = layer.specs()
     key = rngs.params()
@@ -117,7 +128,11 @@ class EnergyStack(nnx.Module):
       raise ValueError(f"x must have shape (N, D) or (B, N, D), got {jnp.shape(x)}; reshape the batch to one axis.")
     mask_axis = 0 if mask is not None and jnp.ndim(mask) == 3 else None
     state_axis = None if state is None else 0
-    return jax.vmap(lambda xi, mi, si: run(xi, mi, state=si), in_axes=(0, mask_axis, state_axis))(x, mask, state)
+    axes = _mesh_batch_axes(self.batch_axes)
+    if axes:
+      run = functools.partial(run, pin_tokens=True)
+    return jax.vmap(lambda xi, mi, si: run(xi, mi, state=si), in_axes=(0, mask_axis, state_axis),
+                    spmd_axis_name=axes or None)(x, mask, state)
 
   def __call__(self, x, mask=None):
     """The tokens after ``depth`` steps."""

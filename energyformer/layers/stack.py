@@ -31,13 +31,16 @@ def check_unroll(scan_unroll) -> None:
 
 def unroll(layer, params, hparams, x, mask=None, *, num_steps: int, stacked_params: bool = True,
            stacked_hparams: bool = False, state=None, record_energy: bool = False, remat: bool = True,
-           scan_unroll: int | bool = 1) -> Rollout:
+           scan_unroll: int | bool = 1, pin_tokens: bool = False) -> Rollout:
   """``(x_{l+1}, s_{l+1}) = layer.step(θ_l, h_l, x_l, s_l)`` for ``l < num_steps``, one sequence ``x`` (N, D).
 
   ``θ_l`` is ``params[l]`` when ``stacked_params`` else ``params``; likewise ``h_l`` and ``hparams``.
   ``remat`` wraps each step in ``jax.checkpoint`` so training memory stays flat in depth. ``scan_unroll`` is
   ``lax.scan``'s ``unroll``: steps per loop iteration (``True``: no loop). Unrolling a shallow stack removes the
-  loop's stacked-residual buffers, a large cost for small models on CPU (``BENCHMARKS.md``).
+  loop's stacked-residual buffers, a large cost for small models on CPU (``BENCHMARKS.md``). ``pin_tokens``
+  constrains the token states at every step to one layout on the current mesh: whole along tokens and features,
+  and, under a ``jax.vmap`` over sequences with ``spmd_axis_name``, split over those axes along the batch. XLA
+  then gathers FSDP-sharded weights instead of resharding the activations inside the loop.
   """
   check_positive_int("num_steps", num_steps)
   check_unroll(scan_unroll)
@@ -54,6 +57,8 @@ def unroll(layer, params, hparams, x, mask=None, *, num_steps: int, stacked_para
     tokens, solver_state = carry
     theta = params if xs["params"] is None else xs["params"]
     h = hparams if xs["hparams"] is None else xs["hparams"]
+    if pin_tokens:
+      tokens = jax.lax.with_sharding_constraint(tokens, jax.sharding.PartitionSpec())
     new_tokens, solver_state = layer.step(theta, h, tokens, solver_state, mask)
     record = None
     if record_energy:

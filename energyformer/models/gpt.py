@@ -44,7 +44,9 @@ class GPTConfig:
   ``"potential"`` the exact gradient step on that potential (tied weights), ``"none"`` attention only.
   ``eta`` and ``beta`` are the attention solver's step size and momentum; ``temperature`` is the softmax
   variants' Helmholtz temperature (default ``√head_dim``, standard attention). ``remat`` and ``scan_unroll``
-  (``True``: the depth loop unrolled, fastest for shallow models) are the depth scan's (``layers.unroll``).
+  (``True``: the depth loop unrolled, fastest for shallow models) are the depth scan's (``layers.unroll``);
+  ``batch_axes`` are the mesh axes the batch is split over in sharded training (``EnergyStack``; the training
+  programs set them from the sharding rules).
   """
 
   vocab_size: int
@@ -63,8 +65,10 @@ class GPTConfig:
   tie_embeddings: bool = True
   remat: bool = True
   scan_unroll: int | bool = 1
+  batch_axes: tuple[str, ...] = ()
 
   def __post_init__(self):
+    object.__setattr__(self, "batch_axes", tuple(self.batch_axes))
     for name in ("vocab_size", "context_length", "dim", "num_heads", "head_dim", "depth", "mlp_hidden"):
       check_positive_int(name, getattr(self, name))
     if self.variant not in VARIANTS:
@@ -119,7 +123,7 @@ class GPT(nnx.Module):
     self.embed = _param(rngs, (config.vocab_size, config.dim), ("vocab", "embed"), 0.02)
     self.positions = _param(rngs, (config.context_length, config.dim), (None, "embed"), 0.02)
     self.blocks = EnergyStack(block(config), config.depth, rngs=rngs, remat=config.remat,
-                              scan_unroll=config.scan_unroll)
+                              scan_unroll=config.scan_unroll, batch_axes=config.batch_axes)
     self.norm_scale = nnx.Param(jnp.ones(config.dim), out_sharding=("embed",), eager_sharding=False)
     self.norm_bias = nnx.Param(jnp.zeros(config.dim), out_sharding=("embed",), eager_sharding=False)
     if not config.tie_embeddings:

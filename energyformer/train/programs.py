@@ -59,6 +59,8 @@ def programs(config: TrainConfig, mesh) -> Programs:
 
 @functools.lru_cache(maxsize=8)
 def _programs(model, optimizer_config, steps, compute_dtype, seed, mesh_config, mesh) -> Programs:
+  # The token states keep the batch's layout inside the depth loop (EnergyStack's batch_axes).
+  model = dataclasses.replace(model, batch_axes=tuple(dict(mesh_config.rules).get("batch", ())))
   create = lambda: GPT(model, rngs=nnx.Rngs(seed))
   # Outside jax.set_mesh: NNX would otherwise read the logical axis names as mesh axes.
   graphdef, param_shapes = nnx.split(nnx.eval_shape(create))

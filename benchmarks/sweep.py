@@ -1,7 +1,7 @@
 """Throughput of a vmapped population against the same members trained one after another, measured in one run.
 
 For each model size and population size P: P LIS models (momentum variant, learning rates and momenta spread
-over a grid) trained three ways —
+over a grid, ``--steps-per-call`` training steps per call of the compiled program) trained three ways —
 
 * alone: one member at a time (``chunk_size = 1``: a single-member program run P times), on one device;
 * vmapped: the whole population as one vmapped program (``chunk_size = P``) on one device;
@@ -13,7 +13,8 @@ Every configuration is compiled and run once, then timed ``--repeats`` times, in
 of the training-step times, the step throughput ratios ``P · t_alone / t_vmapped`` and the ratio of end-to-end
 wall times (model building, data and evaluation included).
 
-  python benchmarks/sweep.py [--sizes 8 32] [--steps 30] [--models tiny default] [--devices N] [--repeats 3]
+  python benchmarks/sweep.py [--sizes 8 32] [--steps 100] [--steps-per-call 25] [--models tiny default] [--devices N]
+                             [--repeats 3]
 """
 from __future__ import annotations
 
@@ -41,12 +42,12 @@ def _timed(task, members, config, mesh) -> tuple[float, float]:
   return results[0]["seconds_per_step"], time.perf_counter() - began
 
 
-def measure(model: str, size: int, steps: int, devices: int, repeats: int) -> dict:
+def measure(model: str, size: int, steps: int, steps_per_call: int, devices: int, repeats: int) -> dict:
   from energyformer.studies import lis
   from energyformer.train import sweep
   study = lis.PRESETS[model]
   task = lis.LISTask(study)
-  config = dataclasses.replace(study.sweep_config(), steps=steps, eval_every=steps)
+  config = dataclasses.replace(study.sweep_config(), steps=steps, eval_every=steps, steps_per_call=steps_per_call)
   members = _members(size)
   ways = {"alone": (dataclasses.replace(config, chunk_size=1), None),
           "vmapped": (dataclasses.replace(config, chunk_size=size), None),
@@ -67,7 +68,8 @@ def measure(model: str, size: int, steps: int, devices: int, repeats: int) -> di
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
-  parser.add_argument("--steps", type=int, default=30)
+  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--steps-per-call", type=int, default=25)
   parser.add_argument("--models", nargs="+", default=["tiny", "default"])
   parser.add_argument("--devices", type=int, default=os.cpu_count(), help="devices of the third way (default: cores)")
   parser.add_argument("--repeats", type=int, default=3)
@@ -82,7 +84,7 @@ def main() -> None:
   print("-" * len(header))
   for model in args.models:
     for size in args.sizes:
-      r = measure(model, size, args.steps, args.devices, args.repeats)
+      r = measure(model, size, args.steps, args.steps_per_call, args.devices, args.repeats)
       ms, step, wall = r["step_ms"], r["step_ratio"], r["wall_ratio"]
       print(f"{model:8s} {size:>3d} | {ms['alone']:>7.2f} {ms['vmapped']:>8.1f} {ms['devices']:>8.1f}         | "
             f"{step['vmapped']:>9.2f}x {step['devices']:>7.2f}x | {wall['vmapped']:>9.2f}x {wall['devices']:>7.2f}x",

@@ -17,7 +17,7 @@ def _lis_study(parser, args):
   from energyformer.studies import lis
   if args.preset not in lis.PRESETS:
     parser.error(f"unknown preset {args.preset!r}; choose one of {sorted(lis.PRESETS)}")
-  overrides = {k: v for k, v in {"seeds": args.seeds, "steps": args.steps,
+  overrides = {k: v for k, v in {"seeds": args.seeds, "steps": args.steps, "steps_per_call": args.steps_per_call,
                                  "variants": tuple(args.variants) if args.variants else None}.items() if v}
   return dataclasses.replace(lis.PRESETS[args.preset], **overrides)
 
@@ -80,6 +80,8 @@ def _add_lis_options(command, variants_help: str) -> None:
   command.add_argument("--variants", nargs="+", help=variants_help)
   command.add_argument("--seeds", type=int, help="models per variant (seeds 0, 1, ...)")
   command.add_argument("--steps", type=int, help="training steps per model")
+  command.add_argument("--steps-per-call", type=int,
+                       help="training steps per call of the compiled program (fewer host round trips)")
   command.add_argument("--devices", type=int, default=1,
                        help="lay each population over this many devices; on a CPU host the CPU is split into as many "
                             "devices (e.g. one per core), which puts the members on every core")

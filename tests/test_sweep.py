@@ -56,6 +56,29 @@ def _alone(member):
   return losses, float(val_loss), float(val_accuracy)
 
 
+def test_steps_per_call_does_not_change_results(population):
+  """Two steps per call (cut at the evaluations every 3 steps: calls of 2, 1, 2, 1 steps) train every member as one
+  step per call does (rtol 1e-5), losses and evaluations."""
+  fused = sweep.train_population(TASK, MEMBERS, dataclasses.replace(CONFIG, steps_per_call=2))
+  for one, two in zip(population, fused):
+    np.testing.assert_allclose(two["train_loss"], one["train_loss"], rtol=1e-5)
+    assert two["eval_steps"] == one["eval_steps"] == [3, 6]
+    for name, curves in one["curves"].items():
+      for kind, values in curves.items():
+        np.testing.assert_allclose(two["curves"][name][kind], values, rtol=1e-5)
+
+
+def test_calls_stop_at_every_evaluation_and_checkpoint():
+  """Calls of at most steps_per_call steps end at every multiple of eval_every and checkpoint_every and at the end."""
+  config = sweep.SweepConfig(steps=10, eval_every=4, checkpoint_every=3, steps_per_call=5)
+  lengths, done = [], 0
+  while done < config.steps:
+    lengths.append(sweep._call_length(done, config, checkpointing=True))
+    done += lengths[-1]
+  assert lengths == [3, 1, 2, 2, 1, 1]  # stops at 3, 4, 6, 8, 9, 10
+  assert sweep._call_length(0, config, checkpointing=False) == 4
+
+
 def test_schedule_matches_optax():
   """The array-valued warmup-cosine schedule equals optax's at every step, warmup included."""
   for peak, warmup, total in [(3e-3, 40, 400), (1e-2, 0, 50), (5e-4, 7, 30)]:
@@ -100,10 +123,12 @@ def test_structural_hyperparameters_are_grouped():
   assert results[0]["train_loss"] != results[2]["train_loss"]
 
 
-def test_resume_from_checkpoint_is_exact(tmp_path):
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_resume_from_checkpoint_is_exact(tmp_path, steps_per_call):
   """A sweep killed after step 4 and rerun resumes from its step-3 checkpoint and ends bitwise where an
-  uninterrupted sweep ends, data order included; another sweep refuses to resume from those checkpoints."""
-  config = dataclasses.replace(CONFIG, checkpoint_every=3)
+  uninterrupted sweep ends, data order included, one or two steps per call; another sweep refuses to resume from
+  those checkpoints."""
+  config = dataclasses.replace(CONFIG, checkpoint_every=3, steps_per_call=steps_per_call)
   straight = sweep.train_population(TASK, MEMBERS, config, checkpoint_dir=tmp_path / "straight")
 
   class Kill:
@@ -187,9 +212,10 @@ def test_sweep_command_builds_grid_and_random_members(monkeypatch, tmp_path):
   calls = []
   monkeypatch.setattr(sweep, "run", lambda task, members, config, out, **_: calls.append((members, config)))
   cli.main(["sweep", "--preset", "tiny", "--variants", "momentum", "nesterov", "--seeds", "2", "--grid",
-            "beta=0,0.5", "--grid", "learning_rate=1e-3,3e-3", "--chunk-size", "4", "--out", str(tmp_path)])
+            "beta=0,0.5", "--grid", "learning_rate=1e-3,3e-3", "--chunk-size", "4", "--steps-per-call", "5",
+            "--out", str(tmp_path)])
   members, config = calls[-1]
-  assert len(members) == 2 * 2 * 2 * 2 and config.chunk_size == 4
+  assert len(members) == 2 * 2 * 2 * 2 and config.chunk_size == 4 and config.steps_per_call == 5
   assert {"beta": 0.5, "learning_rate": 3e-3, "variant": "nesterov", "seed": 1, "data_seed": 1} in members
   cli.main(["sweep", "--preset", "tiny", "--random", "5", "--range", "learning_rate=1e-4:1e-2:log",
             "--range", "eta=0.5:1.5", "--out", str(tmp_path)])

@@ -36,6 +36,7 @@ class LISStudy:
 
   ``scan_unroll=True`` unrolls the depth loop: for these shallow models it removes the loop's stacked-residual
   buffers and makes a training step about 1.4× (one model) to 2× (a vmapped population) faster on CPU.
+  ``steps_per_call`` training steps run per call of the compiled program (``sweep.SweepConfig``).
   """
 
   data: LISConfig = LISConfig(min_length=6, max_length=12, vocab_numbers=24, train_size=20_000, val_size=500,
@@ -56,13 +57,14 @@ class LISStudy:
   target_accuracy: float = 0.5
   remat: bool = False
   scan_unroll: int | bool = True
+  steps_per_call: int = 25
   in_memory_data: bool = True
 
   def __post_init__(self):
     unknown = [v for v in self.variants if v not in VARIANTS]
     if unknown:
       raise ValueError(f"unknown attention variant(s) {unknown}; choose from {VARIANTS}.")
-    for name in ("seeds", "steps", "batch_size", "eval_every"):
+    for name in ("seeds", "steps", "batch_size", "eval_every", "steps_per_call"):
       check_positive_int(name, getattr(self, name))
     check_range("learning_rate", self.learning_rate, 0.0, low_open=True, fix="Use a positive learning rate.")
     check_range("target_accuracy", self.target_accuracy, 0.0, 1.0, fix="Use a target accuracy in [0, 1].")
@@ -71,7 +73,7 @@ class LISStudy:
     """The shared training budget of every model of the study."""
     return sweep.SweepConfig(steps=self.steps, batch_size=self.batch_size, eval_every=self.eval_every,
                              learning_rate=self.learning_rate, weight_decay=self.weight_decay,
-                             warmup_steps=self.warmup_steps)
+                             warmup_steps=self.warmup_steps, steps_per_call=self.steps_per_call)
 
   def model_config(self, variant: str) -> GPTConfig:
     return GPTConfig(self.data.vocab_size, self.data.context_length, self.dim, self.num_heads, self.head_dim,
@@ -83,7 +85,7 @@ PRESETS = {
     "tiny": LISStudy(data=LISConfig(min_length=4, max_length=6, vocab_numbers=12, train_size=512, val_size=64,
                                     test_size=64, test_lengths=(7, 8)),
                      dim=16, num_heads=2, head_dim=8, depth=2, mlp_hidden=32, seeds=2, steps=30, batch_size=16,
-                     eval_every=10, warmup_steps=5),
+                     eval_every=10, warmup_steps=5, steps_per_call=10),
     # The paper-scale protocol of Feng et al. (2023): sequences of up to 100 numbers, 1M training examples. GPU.
     "paper": LISStudy(data=LISConfig(min_length=10, max_length=100, vocab_numbers=150, train_size=1_000_000,
                                      val_size=10_000, test_size=10_000, test_lengths=(101, 120)),

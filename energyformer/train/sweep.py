@@ -49,7 +49,12 @@ SEEDS = ("seed", "data_seed")
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
-  """The budget every member shares and the defaults of the hyperparameters a member does not set."""
+  """The budget every member shares and the defaults of the hyperparameters a member does not set.
+
+  ``steps_per_call``: training steps per call of the compiled program (a ``lax.scan`` over that many batches),
+  which divides the host's per-step work — batches, transfers, dispatch — by it; calls stop short at every
+  evaluation and checkpoint, so results do not depend on it.
+  """
 
   steps: int = 400
   batch_size: int = 32
@@ -61,9 +66,10 @@ class SweepConfig:
   eval_batch_size: int = 1024
   chunk_size: int | None = None
   checkpoint_every: int | None = None
+  steps_per_call: int = 1
 
   def __post_init__(self):
-    for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+    for name in ("steps", "batch_size", "eval_every", "eval_batch_size", "steps_per_call"):
       check_positive_int(name, getattr(self, name))
     for name in ("chunk_size", "checkpoint_every"):
       if getattr(self, name) is not None:
@@ -198,13 +204,25 @@ def _build_programs(task, graphdef, total_steps: int, clip_norm: float):
     return task.metrics(nnx.merge(graphdef, params, rest), batch)
 
   def train_step(params, rest, opt_state, batch, hparams):
-    (loss, metric), grads = jax.value_and_grad(metrics, has_aux=True)(params, rest, batch)
+    (loss, _), grads = jax.value_and_grad(metrics, has_aux=True)(params, rest, batch)
     updates, opt_state = optimizer(hparams, total_steps, clip_norm).update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, metric
+    return optax.apply_updates(params, updates), opt_state, loss
 
-  step = jax.jit(jax.vmap(train_step), donate_argnums=(0, 2))
+  population_step = jax.vmap(train_step)
+
+  def train_steps(params, rest, opt_state, batches, hparams):
+    """``len(batches)`` population steps (batches: (steps, population, ...)); the losses (steps, population)."""
+    def body(carry, batch):
+      params, opt_state = carry
+      params, opt_state, loss = population_step(params, rest, opt_state, batch, hparams)
+      return (params, opt_state), loss
+
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), batches)
+    return params, opt_state, losses
+
+  steps = jax.jit(train_steps, donate_argnums=(0, 2))
   evaluate = jax.jit(jax.vmap(metrics, in_axes=(0, 0, None)))
-  return step, evaluate
+  return steps, evaluate
 
 
 def population_mesh(num_devices: int | None = None, axis: str = "population") -> jax.sharding.Mesh:
@@ -223,17 +241,19 @@ def padded(members: list[dict], multiple: int) -> list[dict]:
   return members + [members[-1]] * (-len(members) % multiple)
 
 
-def _placement(mesh, axis: str | None):
-  """Puts a pytree with a leading population axis onto ``mesh`` split along ``axis`` (identity without a mesh)."""
+def _placement(mesh, axis: str | None, leading: int = 0):
+  """Puts a pytree whose axis ``leading`` is the population onto ``mesh`` split along ``axis`` (identity without a
+  mesh)."""
   if mesh is None:
     return lambda tree: tree
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*[None] * leading, axis))
   return lambda tree: jax.device_put(tree, sharding)
 
 
-def _next_batch(iterators, batch_keys):
-  batches = [next(it) for it in iterators]
-  return {k: np.stack([b[k] for b in batches]) for k in batch_keys}
+def _next_batches(iterators, batch_keys, steps: int) -> dict:
+  """The next ``steps`` batches of every member, stacked as (steps, population, ...)."""
+  batches = [[next(it) for it in iterators] for _ in range(steps)]
+  return {k: np.stack([np.stack([b[k] for b in step]) for step in batches]) for k in batch_keys}
 
 
 def _checkpoint_manager(directory, config: SweepConfig):
@@ -280,50 +300,55 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
 
   A result holds the member, its ``train_loss`` at every step, ``eval_steps`` (every ``eval_every`` steps and the
   last) with the loss and metric on each of the task's evaluation sets there (``curves[set]["loss" | "metric"]``),
-  and ``seconds_per_step`` (median over the chunk's steps after the first of the time from one step's end to the
-  next's, evaluations and checkpoints excluded: the throughput of the training loop).
+  and ``seconds_per_step`` (median over the chunk's calls after the first of the time from one call's end to the
+  next's over its number of steps, evaluations and checkpoints excluded: the throughput of the training loop).
   """
-  placement = _placement(mesh, mesh_axis)
+  placement, placement_of_steps = _placement(mesh, mesh_axis), _placement(mesh, mesh_axis, leading=1)
   real, members = members, padded(members, 1 if mesh is None else mesh.shape[mesh_axis])
   chunk = _init_chunk(task, members, config, placement)
   structure = next(iter(group_members(members, task.structural)))
-  step_fn, evaluate = _programs(task, structure, chunk.graphdef, config.steps, config.clip_norm)
+  steps_fn, evaluate = _programs(task, structure, chunk.graphdef, config.steps, config.clip_norm)
   eval_sets = task.evaluation_sets()
   batch_keys = tuple(next(iter(eval_sets.values())))
   manager = _checkpoint_manager(checkpoint_dir, config) if checkpoint_dir and config.checkpoint_every else None
-  start, log = 0, {"train_loss": [], "evals": [], "step_seconds": []}
+  start, log = 0, {"train_loss": [], "evals": [], "call_seconds": []}
   if manager is not None and manager.latest_step() is not None:
     start, log = _restore(manager, chunk, members, config)
   clock = [time.perf_counter()]
 
-  def finish(index, loss):
-    """Logs step ``index`` once its loss is ready; evaluates, reports and saves where that step asks for it."""
-    loss = np.asarray(loss)
-    log["step_seconds"].append(time.perf_counter() - clock[0])
-    log["train_loss"].append(loss.tolist())
-    evaluation = None
-    if index % config.eval_every == 0 or index == config.steps:
-      evaluation = {name: evaluate_in_slices(evaluate, chunk.params, chunk.rest, batch_set, config.eval_batch_size)
-                    for name, batch_set in eval_sets.items()}
-      log["evals"].append([index, evaluation])
-      if writer is not None:
-        _write(writer, index, real, loss, evaluation, task.metric_name)
-    if on_step is not None:
-      on_step(loss[:len(real)], evaluation)
-    if manager is not None and index % config.checkpoint_every == 0:
-      _save(manager, index, chunk, log, _run_identity(members, config))
+  def finish(first, losses):
+    """Logs steps ``first, first + 1, …`` (one call) once their losses are ready; evaluates, reports and saves
+    where the last of them asks for it."""
+    losses = np.asarray(losses)
+    log["call_seconds"].append([len(losses), time.perf_counter() - clock[0]])
+    last = first + len(losses) - 1
+    for index, loss in enumerate(losses, first):
+      log["train_loss"].append(loss.tolist())
+      evaluation = None
+      if index == last and (index % config.eval_every == 0 or index == config.steps):
+        evaluation = {name: evaluate_in_slices(evaluate, chunk.params, chunk.rest, batch_set, config.eval_batch_size)
+                      for name, batch_set in eval_sets.items()}
+        log["evals"].append([index, evaluation])
+        if writer is not None:
+          _write(writer, index, real, loss, evaluation, task.metric_name)
+      if on_step is not None:
+        on_step(loss[:len(real)], evaluation)
+    if manager is not None and last % config.checkpoint_every == 0:
+      _save(manager, last, chunk, log, _run_identity(members, config))
     clock[0] = time.perf_counter()
 
-  # Step i + 1 is dispatched before step i's loss is read, so the host's work (data, logging) overlaps the
-  # device's; steps that evaluate or save are finished before the next one starts (they need its state).
-  pending = None
-  for index in range(start + 1, config.steps + 1):
-    batch = placement(_next_batch(chunk.iterators, batch_keys))
-    chunk.params, chunk.opt_state, loss, _ = step_fn(chunk.params, chunk.rest, chunk.opt_state, batch, chunk.hparams)
+  # Call c + 1 is dispatched before call c's losses are read, so the host's work (data, logging) overlaps the
+  # device's; a call that ends where the task evaluates or saves is finished before the next one starts.
+  pending, done = None, start
+  while done < config.steps:
+    length = _call_length(done, config, manager is not None)
+    batches = placement_of_steps(_next_batches(chunk.iterators, batch_keys, length))
+    chunk.params, chunk.opt_state, losses = steps_fn(chunk.params, chunk.rest, chunk.opt_state, batches,
+                                                     chunk.hparams)
     if pending is not None:
       finish(*pending)
-    pending = (index, loss)
-    if _needs_state(index, config, manager is not None):
+    pending, done = (done + 1, losses), done + length
+    if _needs_state(done, config, manager is not None):
       finish(*pending)
       pending = None
   if manager is not None:
@@ -336,6 +361,14 @@ def _needs_state(index: int, config: SweepConfig, checkpointing: bool) -> bool:
   """Whether step ``index`` evaluates or saves, and so must finish before step ``index + 1`` starts."""
   return (index % config.eval_every == 0 or index == config.steps
           or (checkpointing and index % config.checkpoint_every == 0))
+
+
+def _call_length(done: int, config: SweepConfig, checkpointing: bool) -> int:
+  """Steps the next call trains after ``done``: ``steps_per_call``, cut short at the next step that evaluates or
+  saves (``_needs_state``)."""
+  periods = [config.eval_every] + ([config.checkpoint_every] if checkpointing else [])
+  next_stop = min([config.steps] + [(done // period + 1) * period for period in periods])
+  return min(config.steps_per_call, next_stop - done)
 
 
 def evaluate_in_slices(evaluate, params, rest, batch: dict, slice_size: int) -> dict:
@@ -359,8 +392,8 @@ def _write(writer, step, members, loss, evaluation, metric_name):
 
 
 def _member_results(members, log) -> list[dict]:
-  steady = log["step_seconds"][1:] or log["step_seconds"]
-  seconds = float(np.median(steady)) if steady else float("nan")
+  calls = log["call_seconds"][1:] or log["call_seconds"]
+  seconds = float(np.median([elapsed / length for length, elapsed in calls])) if calls else float("nan")
   sets = log["evals"][0][1] if log["evals"] else {}
   return [{"member": member, "name": member_name(member),
            "train_loss": [losses[i] for losses in log["train_loss"]],

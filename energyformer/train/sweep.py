@@ -11,10 +11,11 @@ A *member* is a dict of hyperparameters. Its keys are of four kinds:
   program, so members are grouped by them automatically and each group gets its own program.
 
 A group trains in chunks of at most ``chunk_size`` members (for populations that do not fit in memory); the
-members of a chunk share one ``jax.jit(jax.vmap(train_step))``, optionally with the population axis laid over a
-mesh axis (``population_mesh``; on a CPU host with ``mesh.use_cpu_devices`` this puts the members on every core).
-With ``checkpoint_every`` a chunk saves its parameters, optimiser state, data iterators and curves
-with orbax, and a rerun of the same sweep resumes every chunk from its latest checkpoint.
+members of a chunk share one compiled program, ``jax.vmap(train_step)`` scanned over ``steps_per_call`` batches,
+optionally with the population axis laid over a mesh axis (``population_mesh``; on a CPU host with
+``mesh.use_cpu_devices`` this puts the members on every core). With ``checkpoint_every`` a chunk saves its
+parameters, optimiser state, data iterators and curves with orbax, and a rerun of the same sweep resumes every
+chunk from its latest checkpoint.
 
 A task (for instance ``energyformer.studies.lis.LISTask``) provides ``model(member) -> nnx.Module``,
 ``batches(data_seed, batch_size)`` (a grain dataset of dicts of arrays), ``evaluation_sets()`` (name → one batch;

@@ -177,7 +177,9 @@ def test_grid_and_random_search():
 
 
 def test_bad_sweeps_are_refused():
-  """Unknown or unvmappable hyperparameters, empty grids, bad ranges and a bad mesh axis name the fix."""
+  """Unknown or unvmappable hyperparameters, empty grids, bad ranges, a bad budget and a bad mesh axis name the fix."""
+  with pytest.raises(ValueError, match="steps_per_call"):
+    sweep.SweepConfig(steps_per_call=0)
   with pytest.raises(ValueError, match="cannot sweep.*num_layers"):
     sweep.train_population(TASK, [{"num_layers": 3}], CONFIG)
   with pytest.raises(ValueError, match="non-empty list"):

@@ -326,7 +326,7 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
     for index, loss in enumerate(losses, first):
       log["train_loss"].append(loss.tolist())
       evaluation = None
-      if index == last and (index % config.eval_every == 0 or index == config.steps):
+      if index == last and _evaluates(index, config):
         evaluation = {name: evaluate_in_slices(evaluate, chunk.params, chunk.rest, batch_set, config.eval_batch_size)
                       for name, batch_set in eval_sets.items()}
         log["evals"].append([index, evaluation])
@@ -358,10 +358,14 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
   return _member_results(real, log)
 
 
+def _evaluates(index: int, config: SweepConfig) -> bool:
+  """Whether step ``index`` evaluates: every ``eval_every`` steps and the last."""
+  return index % config.eval_every == 0 or index == config.steps
+
+
 def _needs_state(index: int, config: SweepConfig, checkpointing: bool) -> bool:
   """Whether step ``index`` evaluates or saves, and so must finish before step ``index + 1`` starts."""
-  return (index % config.eval_every == 0 or index == config.steps
-          or (checkpointing and index % config.checkpoint_every == 0))
+  return _evaluates(index, config) or (checkpointing and index % config.checkpoint_every == 0)
 
 
 def _call_length(done: int, config: SweepConfig, checkpointing: bool) -> int:

@@ -19,6 +19,7 @@ from energyformer.checks import check_positive_int
 from energyformer.energies import chunked
 from energyformer.energies.aggregate import Helmholtz
 from energyformer.energies.local import LocalEnergy, inner_product
+from energyformer.energies.matmul import matmul, swap
 from energyformer.energies.params import ParamSpec, normal
 
 
@@ -71,7 +72,7 @@ class Interaction:
   def project(self, params, x, context):
     """``q = x W^Q`` (H, N, Dh), ``k = c W^K`` (H, M, Dh) and the scores ``s = q·k`` (H, N, M)."""
     q, k = self.queries(params, x), self.keys(params, context)
-    return q, k, jnp.einsum("hnk,hmk->hnm", q, k)
+    return q, k, matmul(q, swap(k))
 
   def from_scores(self, params, scores, q, k, mask, context):
     """The energy as a function of scores given separately from ``q`` and ``k``: ``A(local(s, q, k))``."""
@@ -92,7 +93,7 @@ class Interaction:
 
     def energy_block(i, j):
       q_i, k_j = q_blocks[i], k_blocks[j]
-      return self.local(jnp.einsum("hnk,hmk->hnm", q_i, k_j), q_i, k_j)
+      return self.local(matmul(q_i, swap(k_j)), q_i, k_j)
 
     return self.aggregate.blockwise_energy(params, energy_block, q.shape[1], k.shape[1], mask)
 
@@ -106,4 +107,4 @@ class Interaction:
 
   def values_out(self, params, weights, context):
     """``Σ_h Σ_m a_hnm v_hm W^O_h`` with ``v_h = c W^V_h``: attention output for weights ``a`` (H, N, M)."""
-    return self.output(params, jnp.einsum("hnm,hmk->hnk", weights, self.value_vectors(params, context)))
+    return self.output(params, matmul(weights, self.value_vectors(params, context)))

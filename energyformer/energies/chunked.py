@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from energyformer.energies.matmul import matmul
 from energyformer.energies.softmax import attention_tangent_terms, logits_dtype, scores
 
 
@@ -85,7 +86,7 @@ def _online_step(carry, logits, visible, v):
   shift = jnp.where(jnp.isfinite(new_top), new_top, 0.0)
   decay = jnp.exp(top - shift)
   exps = jnp.exp(logits - shift[..., None])
-  weighted = weighted * decay[..., None] + jnp.einsum("hnm,hmk->hnk", exps, v)
+  weighted = weighted * decay[..., None] + matmul(exps, v)
   return new_top, total * decay + jnp.sum(exps, axis=-1), weighted
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from energyformer.energies.matmul import matmul, swap
+
 
 @jax.custom_jvp
 def softmax_logsumexp(logits):
@@ -61,7 +63,7 @@ def logits_dtype(dtype):
 
 def scores(q, k):
   """``s_hnm = q_hn·k_hm`` (H, N, M), accumulated in ``logits_dtype``."""
-  return jnp.einsum("hnk,hmk->hnm", q, k, preferred_element_type=logits_dtype(q.dtype))
+  return matmul(q, swap(k), logits_dtype(q.dtype))
 
 
 def dense_attention(q, k, v, mask):
@@ -69,7 +71,7 @@ def dense_attention(q, k, v, mask):
   values ``v`` (H, M, Dv), through the (H, N, M) score matrix."""
   probs, lse = softmax_logsumexp(masked_logits(scores(q, k), mask))
   rows = visible_rows(mask)
-  out = jnp.einsum("hnm,hmk->hnk", probs, v).astype(v.dtype)
+  out = matmul(probs, v).astype(v.dtype)
   return zero_empty_rows(out, rows, 2), zero_empty_rows(lse, rows, 1)
 
 
@@ -85,7 +87,7 @@ def attention_tangent_terms(q, k, v, visible, lse, q_dot, k_dot, v_dot):
   probs = jnp.exp(shifted if visible is None else jnp.where(visible, shifted, -jnp.inf))
   score_dot = [scores(a, b) for a, b in ((q_dot, k), (q, k_dot)) if a is not None and b is not None]
   weighted = probs * sum(score_dot) if score_dot else jnp.zeros_like(probs)
-  values = jnp.einsum("hnm,hmk->hnk", weighted, v)
+  values = matmul(weighted, v)
   if v_dot is not None:
-    values = values + jnp.einsum("hnm,hmk->hnk", probs, v_dot)
+    values = values + matmul(probs, v_dot)
   return values, jnp.sum(weighted, axis=-1)

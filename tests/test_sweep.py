@@ -16,6 +16,7 @@ from energyformer import cli
 from energyformer.studies import lis
 from energyformer.train import mesh as train_mesh
 from energyformer.train import sweep
+from train_fixtures import KilledAfter
 
 STUDY = dataclasses.replace(lis.PRESETS["tiny"], depth=1, eval_every=3)
 TASK = lis.LISTask(STUDY)
@@ -130,21 +131,8 @@ def test_resume_from_checkpoint_is_exact(tmp_path, steps_per_call):
   those checkpoints."""
   config = dataclasses.replace(CONFIG, checkpoint_every=3, steps_per_call=steps_per_call)
   straight = sweep.train_population(TASK, MEMBERS, config, checkpoint_dir=tmp_path / "straight")
-
-  class Kill:
-    def __init__(self):
-      self.steps = 0
-
-    def update(self, n):
-      self.steps += n
-      if self.steps == 4:
-        raise KeyboardInterrupt
-
-    def set_postfix(self, *_, **__):
-      pass
-
   with pytest.raises(KeyboardInterrupt):
-    sweep.train_population(TASK, MEMBERS, config, checkpoint_dir=tmp_path / "resumed", progress=Kill())
+    sweep.train_population(TASK, MEMBERS, config, checkpoint_dir=tmp_path / "resumed", progress=KilledAfter(4))
   resumed = sweep.train_population(TASK, MEMBERS, config, checkpoint_dir=tmp_path / "resumed")
   for a, b in zip(straight, resumed):
     assert a["train_loss"] == b["train_loss"]
@@ -229,9 +217,12 @@ def test_sweep_command_builds_grid_and_random_members(monkeypatch, tmp_path):
 def test_population_axis_over_a_mesh(tmp_path):
   """On 4 CPU devices (``use_cpu_devices``), a population laid over ``population_mesh`` trains the same members as
   on one device (rtol 1e-5); 5 members are padded to 8 and only the 5 come back; so do ``energyformer sweep
-  --devices 4`` and ``energyformer lis --devices 4`` with 3 members."""
+  --devices 4`` and ``energyformer lis --devices 4`` with 3 members. A sweep killed after step 2 over 4 devices
+  (padded to 8) resumes over 2 (padded to 6) and ends where the single-device sweep ends (rtol 1e-5)."""
   script = textwrap.dedent(f"""
-      import dataclasses, json, jax
+      import dataclasses, json, sys, jax
+      sys.path.insert(0, {os.path.dirname(__file__)!r})
+      from train_fixtures import KilledAfter
       from energyformer.train import mesh, sweep
       mesh.use_cpu_devices(4)
       from energyformer import cli
@@ -241,18 +232,28 @@ def test_population_axis_over_a_mesh(tmp_path):
       members = [{{"variant": "standard", "seed": s, "data_seed": s, "learning_rate": 1e-3 * (s + 1)}} for s in range(5)]
       sharded = sweep.train_population(task, members, config, mesh=sweep.population_mesh(4), mesh_axis="population")
       single = sweep.train_population(task, members, config)
+
+      saving, checkpoints = dataclasses.replace(config, checkpoint_every=1), {str(tmp_path / "checkpoints")!r}
+      over = lambda n, **kw: sweep.train_population(task, members, saving, checkpoint_dir=checkpoints,
+                                                    mesh=sweep.population_mesh(n), mesh_axis="population", **kw)
+      try:
+        over(4, progress=KilledAfter(2))
+      except KeyboardInterrupt:
+        pass
+      resumed = over(2)
       cli.main(["sweep", "--preset", "tiny", "--devices", "4", "--grid", "learning_rate=1e-3,2e-3,3e-3", "--steps", "2",
                 "--out", {str(tmp_path)!r}])
       cli.main(["lis", "--preset", "tiny", "--variants", "standard", "--seeds", "3", "--steps", "2", "--devices", "4",
                 "--out", {str(tmp_path / "lis")!r}])
-      print(json.dumps([jax.device_count(), [r["train_loss"] for r in sharded], [r["train_loss"] for r in single]]))
+      print(json.dumps([jax.device_count()] + [[r["train_loss"] for r in rs] for rs in (sharded, single, resumed)]))
   """)
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True).stdout
-  devices, sharded, single = json.loads(out.splitlines()[-1])
-  assert devices == 4 and len(sharded) == len(single) == 5
+  devices, sharded, single, resumed = json.loads(out.splitlines()[-1])
+  assert devices == 4 and len(sharded) == len(single) == len(resumed) == 5
   np.testing.assert_allclose(sharded, single, rtol=1e-5)
+  np.testing.assert_allclose(resumed, single, rtol=1e-5)
   rows = json.loads((tmp_path / "results.json").read_text())["members"]  # energyformer sweep --devices 4: 3 of 4
   assert sorted(r["learning_rate"] for r in rows) == [1e-3, 2e-3, 3e-3]
   run = json.loads((tmp_path / "lis" / "results.json").read_text())["runs"][0]  # energyformer lis --devices 4

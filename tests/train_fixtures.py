@@ -41,3 +41,18 @@ def tiny_config(corpus, data_dir, *, mesh: MeshConfig = MeshConfig(1, 1, 1), ste
       mesh=mesh, checkpoint=CheckpointConfig(every=every, keep=2), steps=steps, batch_size=8, eval_every=4,
       eval_batches=2, log_every=1)
   return dataclasses.replace(config, **overrides)
+
+
+class KilledAfter:
+  """A progress bar that raises ``KeyboardInterrupt`` once ``steps`` steps are done: a run killed mid-way."""
+
+  def __init__(self, steps: int):
+    self.steps, self.done = steps, 0
+
+  def update(self, n):
+    self.done += n
+    if self.done == self.steps:
+      raise KeyboardInterrupt
+
+  def set_postfix(self, *_, **__):
+    pass

@@ -268,25 +268,34 @@ def _run_identity(members: list[dict], config: SweepConfig) -> dict:
   return json.loads(json.dumps({"members": members, "steps": config.steps, "batch_size": config.batch_size}))
 
 
-def _save(manager, step, chunk: _Chunk, log: dict, run: dict):
-  data = [json.loads(json.dumps(it.get_state(), default=lambda v: np.asarray(v).tolist())) for it in chunk.iterators]
+def _save(manager, step, chunk: _Chunk, log: dict, run: dict, count: int):
+  """Saves the first ``count`` members (the chunk without its padding), so that a rerun may pad differently."""
+  data = [json.loads(json.dumps(it.get_state(), default=lambda v: np.asarray(v).tolist()))
+          for it in chunk.iterators[:count]]
+  params, opt_state = (jax.tree.map(lambda x: np.asarray(x[:count]), tree) for tree in (chunk.params, chunk.opt_state))
   manager.save(step, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(chunk.params), opt_state=ocp.args.StandardSave(chunk.opt_state),
+      params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
       log=ocp.args.JsonSave({**log, "data": data, "run": run})))
 
 
-def _restore(manager, chunk: _Chunk, members: list[dict], config: SweepConfig) -> tuple[int, dict]:
+def _restore(manager, chunk: _Chunk, members: list[dict], config: SweepConfig, placement) -> tuple[int, dict]:
+  """Restores the latest checkpoint of ``members`` into ``chunk``, padding it again as the chunk is padded (copies
+  of the last member: its state and its data iterator's)."""
+  count, size = len(members), len(chunk.iterators)
+  template = lambda tree: jax.tree.map(lambda x: np.zeros((count,) + x.shape[1:], x.dtype), tree)
   step = manager.latest_step()
   restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(chunk.params), opt_state=ocp.args.StandardRestore(chunk.opt_state),
-      log=ocp.args.JsonRestore()))
+      params=ocp.args.StandardRestore(template(chunk.params)),
+      opt_state=ocp.args.StandardRestore(template(chunk.opt_state)), log=ocp.args.JsonRestore()))
   log = dict(restored["log"])
   saved_run = log.pop("run")
   if saved_run != _run_identity(members, config):
     raise ValueError(f"{manager.directory} holds checkpoints of a different sweep (members or budget differ: saved "
                      f"{saved_run}); write this sweep to a new output directory or delete that one.")
-  chunk.params, chunk.opt_state = restored["params"], restored["opt_state"]
-  for iterator, state in zip(chunk.iterators, log.pop("data")):
+  pad = lambda x: np.concatenate([x, np.repeat(np.asarray(x)[-1:], size - count, axis=0)])
+  chunk.params, chunk.opt_state = placement(jax.tree.map(pad, (restored["params"], restored["opt_state"])))
+  data = log.pop("data")
+  for iterator, state in zip(chunk.iterators, data + [data[-1]] * (size - count)):
     iterator.set_state(state)
   return step, log
 
@@ -297,7 +306,8 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
 
   At every evaluation each member's train loss and evaluation losses and metrics go to ``writer`` (a
   ``MetricsWriter``), under the member's name. Over a mesh, a chunk whose size the mesh axis does not divide is
-  ``padded`` with copies of its last member, trained alongside and left out of the results.
+  ``padded`` with copies of its last member, trained alongside and left out of the results and the checkpoints (so
+  a rerun over another number of devices resumes them).
 
   A result holds the member, its ``train_loss`` at every step, ``eval_steps`` (every ``eval_every`` steps and the
   last) with the loss and metric on each of the task's evaluation sets there (``curves[set]["loss" | "metric"]``),
@@ -314,7 +324,7 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
   manager = _checkpoint_manager(checkpoint_dir, config) if checkpoint_dir and config.checkpoint_every else None
   start, log = 0, {"train_loss": [], "evals": [], "call_seconds": []}
   if manager is not None and manager.latest_step() is not None:
-    start, log = _restore(manager, chunk, members, config)
+    start, log = _restore(manager, chunk, real, config, placement)
   clock = [time.perf_counter()]
 
   def finish(first, losses):
@@ -323,19 +333,20 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
     losses = np.asarray(losses)
     log["call_seconds"].append([len(losses), time.perf_counter() - clock[0]])
     last = first + len(losses) - 1
-    for index, loss in enumerate(losses, first):
+    for index, loss in enumerate(losses[:, :len(real)], first):
       log["train_loss"].append(loss.tolist())
       evaluation = None
       if index == last and _evaluates(index, config):
-        evaluation = {name: evaluate_in_slices(evaluate, chunk.params, chunk.rest, batch_set, config.eval_batch_size)
+        evaluation = {name: _first(len(real), evaluate_in_slices(evaluate, chunk.params, chunk.rest, batch_set,
+                                                                 config.eval_batch_size))
                       for name, batch_set in eval_sets.items()}
         log["evals"].append([index, evaluation])
         if writer is not None:
           _write(writer, index, real, loss, evaluation, task.metric_name)
       if on_step is not None:
-        on_step(loss[:len(real)], evaluation)
+        on_step(loss, evaluation)
     if manager is not None and last % config.checkpoint_every == 0:
-      _save(manager, last, chunk, log, _run_identity(members, config))
+      _save(manager, last, chunk, log, _run_identity(real, config), len(real))
     clock[0] = time.perf_counter()
 
   # Call c + 1 is dispatched before call c's losses are read, so the host's work (data, logging) overlaps the
@@ -356,6 +367,11 @@ def train_chunk(task, members: list[dict], config: SweepConfig, *, checkpoint_di
     manager.wait_until_finished()
     manager.close()
   return _member_results(real, log)
+
+
+def _first(count: int, evaluation: dict) -> dict:
+  """An evaluation's losses and metrics of the first ``count`` members (the chunk without its padding)."""
+  return {kind: values[:count] for kind, values in evaluation.items()}
 
 
 def _evaluates(index: int, config: SweepConfig) -> bool:
@@ -443,7 +459,7 @@ def train_population(task, members: list[dict], config: SweepConfig, *, checkpoi
 def _advance(progress, loss, evaluation, *, metric_name: str):
   if evaluation is not None:
     name, first = next(iter(evaluation.items()))
-    metric = np.mean(first["metric"][:len(loss)])  # the chunk's own members, not its padding
+    metric = np.mean(first["metric"])
     progress.set_postfix({"loss": f"{np.mean(loss):.3f}", f"{name}_{metric_name}": f"{metric:.3f}"})
   progress.update(1)
 

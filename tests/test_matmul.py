@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from energyformer.energies.matmul import matmul
+from energyformer.energies.matmul import SMALL_MATRIX, matmul
 
-SHAPES = {  # (a, b): leading axes batched, and broadcast
+SHAPES = {  # (a, b): leading axes batched, and broadcast; matrices above SMALL_MATRIX take plain jnp.matmul
     "batched": ((2, 3, 4, 5), (2, 3, 5, 6)),
     "broadcast": ((3, 1, 4, 5), (2, 5, 6)),
+    "large": ((SMALL_MATRIX + 1, 2), (2, 3)),
 }
 
 

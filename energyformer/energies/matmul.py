@@ -3,14 +3,16 @@
 Attention multiplies (N, Dh) by (Dh, M) and (N, M) by (M, Dh) matrices once per sequence and head. Reverse mode of
 ``c = a b`` needs ``b̄ = aᵀ c̄``: a product that contracts both operands over their major axes, which XLA's CPU
 backend leaves to a batched loop three times slower than its other products when the matrices are small and many
-(each head of each sequence). On a CPU backend ``matmul`` therefore differentiates by
+(each head of each sequence). For such products — on a CPU backend, every matrix dimension at most
+``SMALL_MATRIX`` — ``matmul`` therefore differentiates by
 
     ``ċ = ȧ b + (ḃᵀ aᵀ)ᵀ``,
 
 whose reverse mode computes ``b̄ = (c̄ᵀ a)ᵀ`` from a transposed copy of the cotangent (optimisation barriers around
-the product keep XLA from folding it back into ``aᵀ c̄``). The rule uses ``matmul`` itself, so derivatives of every
-order are exact and equal ``jnp.matmul``'s up to rounding; ``benchmarks/matmul.py`` measures the gain. Other
-backends multiply transposed operands natively and get ``jnp.matmul`` unchanged.
+the product keep XLA from folding it back into ``aᵀ c̄``). The rule uses itself for the tangents, so derivatives of
+every order are exact and equal ``jnp.matmul``'s up to rounding; ``benchmarks/matmul.py`` measures the gain.
+Larger matrices, whose products XLA computes well either way and whose copies would cost memory, and other
+backends, which multiply transposed operands natively, get ``jnp.matmul`` unchanged.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+SMALL_MATRIX = 64
+
 
 def swap(x):
   """``xᵀ`` over the last two axes."""
@@ -26,9 +30,9 @@ def swap(x):
 
 
 def matmul(a, b, dtype=None):
-  """``c = a b`` over the last two axes (leading axes broadcast), accumulated in ``dtype``; differentiated as the
-  module docstring says on a CPU backend."""
-  if jax.default_backend() == "cpu":
+  """``c = a b`` over the last two axes (leading axes broadcast), accumulated in ``dtype``; small matrices on a CPU
+  backend are differentiated as the module docstring says."""
+  if max(a.shape[-2:] + b.shape[-1:]) <= SMALL_MATRIX and jax.default_backend() == "cpu":
     return _cpu_matmul(a, b, dtype)
   return jnp.matmul(a, b, preferred_element_type=dtype)
 

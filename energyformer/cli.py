@@ -22,8 +22,10 @@ def _lis_study(parser, args):
   return dataclasses.replace(lis.PRESETS[args.preset], **overrides)
 
 
-def _population_mesh(args):
+def _population_mesh(parser, args):
   """The mesh ``--devices`` asks for (None for one device); on a CPU host the CPU is split into that many devices."""
+  if args.devices < 1:
+    parser.error(f"--devices must be at least 1, got {args.devices}")
   if args.devices == 1:
     return None
   from energyformer.train import mesh, sweep
@@ -33,7 +35,7 @@ def _population_mesh(args):
 
 def _lis(parser, args) -> None:
   from energyformer.studies import lis
-  mesh = _population_mesh(args)
+  mesh = _population_mesh(parser, args)
   lis.run(_lis_study(parser, args), args.out, mesh=mesh)
 
 
@@ -59,7 +61,7 @@ def _assignments(parser, items, option: str) -> dict[str, list[str]]:
 def _sweep(parser, args) -> None:
   from energyformer.studies import lis
   from energyformer.train import sweep
-  mesh = _population_mesh(args)
+  mesh = _population_mesh(parser, args)
   study = _lis_study(parser, args)
   if args.random:
     ranges = {name: tuple(_value(v) for v in spec.split(":"))

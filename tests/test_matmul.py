@@ -60,3 +60,8 @@ def test_accumulates_in_the_requested_dtype():
   assert out.dtype == jnp.float32
   np.testing.assert_allclose(out, np.matmul(np.float32(a), np.float32(b)), rtol=1e-6, atol=1e-6)
   assert matmul(a, b).dtype == jnp.bfloat16
+
+
+def test_vectors_are_refused_with_the_fix():
+  with pytest.raises(ValueError, match="length-1 axis"):
+    matmul(np.ones(3), np.ones((3, 2)))

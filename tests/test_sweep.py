@@ -260,11 +260,15 @@ def test_population_axis_over_a_mesh(tmp_path):
   assert len(run["val_accuracy"]) == len(run["test_accuracy"]) == 3
 
 
-def test_population_mesh_and_cpu_devices_name_the_fix():
-  """Asking for more devices than JAX sees, or splitting the CPU after JAX started, names the fix."""
+def test_population_mesh_and_cpu_devices_name_the_fix(capsys):
+  """Asking for more devices than JAX sees, for no device, or splitting the CPU after JAX started, names the fix."""
   with pytest.raises(ValueError, match="use_cpu_devices"):
     sweep.population_mesh(jax.device_count() + 1)
   jax.numpy.zeros(1).block_until_ready()
   with pytest.raises(RuntimeError, match="before any JAX computation"):
     train_mesh.use_cpu_devices(2)
   assert sweep.padded([{"a": 1}, {"a": 2}, {"a": 3}], 4) == [{"a": 1}, {"a": 2}, {"a": 3}, {"a": 3}]
+  for command in ("lis", "sweep"):
+    with pytest.raises(SystemExit):
+      cli.main([command, "--preset", "tiny", "--devices", "0"])
+    assert "--devices must be at least 1, got 0" in capsys.readouterr().err

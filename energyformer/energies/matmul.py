@@ -32,6 +32,9 @@ def swap(x):
 def matmul(a, b, dtype=None):
   """``c = a b`` over the last two axes (leading axes broadcast), accumulated in ``dtype``; small matrices on a CPU
   backend are differentiated as the module docstring says."""
+  if jnp.ndim(a) < 2 or jnp.ndim(b) < 2:
+    raise ValueError(f"matmul multiplies matrices (the last two axes), got shapes {jnp.shape(a)} and {jnp.shape(b)}; "
+                     "add a length-1 axis to a vector (x[None, :] or x[:, None]).")
   if max(a.shape[-2:] + b.shape[-1:]) <= SMALL_MATRIX and jax.default_backend() == "cpu":
     return _cpu_matmul(a, b, dtype)
   return jnp.matmul(a, b, preferred_element_type=dtype)

@@ -459,8 +459,7 @@ def train_population(task, members: list[dict], config: SweepConfig, *, checkpoi
 def _advance(progress, loss, evaluation, *, metric_name: str):
   if evaluation is not None:
     name, first = next(iter(evaluation.items()))
-    metric = np.mean(first["metric"])
-    progress.set_postfix({"loss": f"{np.mean(loss):.3f}", f"{name}_{metric_name}": f"{metric:.3f}"})
+    progress.set_postfix({"loss": f"{np.mean(loss):.3f}", f"{name}_{metric_name}": f"{np.mean(first['metric']):.3f}"})
   progress.update(1)
 
 

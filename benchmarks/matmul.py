@@ -1,7 +1,7 @@
-"""Attention's batched products through ``energies.matmul`` against ``jnp.matmul``, in one run.
+"""Attention's batched products through ``ops.matmul`` against ``jnp.matmul``, in one run.
 
 For each shape (B sequences × H heads, N tokens, head size Dh) both products of softmax attention,
-``o = softmax(q kᵀ) v``, are computed with ``energies.matmul`` and with ``jnp.matmul`` (the reference), and
+``o = softmax(q kᵀ) v``, are computed with ``ops.matmul`` and with ``jnp.matmul`` (the reference), and
 differentiated in reverse mode (``jax.grad`` of ``Σ o ⊙ w`` w.r.t. q, k and v; the forward products are the same).
 Each gradient runs ``--repeats`` times inside one compiled ``lax.fori_loop``, every output feeding the next
 evaluation, so that dispatch does not count; printed are medians over ``--runs`` calls (the two ways' calls
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from energyformer.energies.matmul import matmul, swap
+from energyformer.ops.matmul import matmul, swap
 
 SHAPES = [  # (sequences·heads, N, Dh)
     (16 * 2, 11, 8),  # one tiny LIS model: batch 16, 2 heads

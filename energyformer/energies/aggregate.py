@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from energyformer.checks import check_positive_int, check_range
-from energyformer.energies import chunked, kernels
+from energyformer.ops import chunked, kernels
 from energyformer.energies.params import ParamSpec, constant, normal
-from energyformer.energies.softmax import masked_logits, softmax_logsumexp, visible_rows, zero_empty_rows
+from energyformer.ops.softmax import masked_logits, softmax_logsumexp, visible_rows, zero_empty_rows
 
 
 def _masked(values, mask, fill):
@@ -39,7 +39,7 @@ class Helmholtz:
   ``chunk_size`` queries and keys with an online logsumexp, never forming the (H, N, M) matrices: memory linear in
   the sequence length, for long sequences. ``implementation="cudnn"`` computes inner-product attention with the
   fused cuDNN kernel on a GPU (float16/bfloat16), with exact derivatives of every order; elsewhere it is the XLA
-  path (see ``energies.kernels``).
+  path (see ``ops.kernels``).
   """
 
   temperature: float | None = None

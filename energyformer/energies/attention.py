@@ -16,10 +16,10 @@ from typing import Any
 import jax.numpy as jnp
 
 from energyformer.checks import check_positive_int
-from energyformer.energies import chunked
+from energyformer.ops import chunked
 from energyformer.energies.aggregate import Helmholtz
 from energyformer.energies.local import LocalEnergy, inner_product
-from energyformer.energies.matmul import matmul, swap
+from energyformer.ops.matmul import matmul, swap
 from energyformer.energies.params import ParamSpec, normal
 
 

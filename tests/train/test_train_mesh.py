@@ -25,7 +25,7 @@ from energyformer.train import loop
 from train_fixtures import tiny_config, write_corpus
 from train_mesh_worker import record
 
-TESTS = pathlib.Path(__file__).parent
+TESTS = pathlib.Path(__file__).parents[1]
 # Sharded runs sum in a different order from the single-device run (and are compiled with other optimisations):
 # float32 round-off, measured at most 3e-7 (relative, losses) and 3e-7 (absolute, parameters) after 8 steps.
 LOSS_RTOL = 1e-5

@@ -18,7 +18,8 @@ import pytest
 
 import energyformer as ef
 from energyformer import energies
-from energyformer.energies import kernels, masks
+from energyformer.energies import masks
+from energyformer.ops import kernels
 
 N, D, H, DH, CHUNK = 7, 8, 2, 4, 3
 TOLERANCES = {"float32": dict(atol=2e-5, rtol=2e-5), "float64": dict(atol=1e-10, rtol=1e-10)}

@@ -17,8 +17,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from energyformer.energies.matmul import matmul
-from energyformer.energies.softmax import attention_tangent_terms, logits_dtype, scores
+from energyformer.ops.matmul import matmul
+from energyformer.ops.softmax import attention_tangent_terms, logits_dtype, scores
 
 
 class Grid(NamedTuple):
@@ -98,7 +98,7 @@ def _finish(top, total, weighted):
 
 
 def attention_forward(q, k, v, mask, size: int):
-  """``(o, L)`` of softmax attention (see ``energies.softmax``), block by block, accumulated in ``logits_dtype``.
+  """``(o, L)`` of softmax attention (see ``ops.softmax``), block by block, accumulated in ``logits_dtype``.
   Meant to be differentiated through ``kernels.attention``'s rule, which pairs it with ``attention_tangent``."""
   heads, num_queries, _ = q.shape
   grid, dtype = Grid(size, num_queries, k.shape[1]), logits_dtype(q.dtype)

@@ -1,4 +1,4 @@
-"""``energies.matmul`` against ``jnp.matmul``: values, derivatives of every order, and the programs it compiles to.
+"""``ops.matmul`` against ``jnp.matmul``: values, derivatives of every order, and the programs it compiles to.
 
 Values and derivatives are compared in float64 (rtol 1e-12) against ``jnp.matmul`` and, independently, against
 central finite differences (``jax.test_util.check_grads``, orders 1 and 2, forward and reverse mode).
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from energyformer.energies.matmul import SMALL_MATRIX, matmul
+from energyformer.ops.matmul import SMALL_MATRIX, matmul
 
 SHAPES = {  # (a, b): leading axes batched, and broadcast; matrices above SMALL_MATRIX take plain jnp.matmul
     "batched": ((2, 3, 4, 5), (2, 3, 5, 6)),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from energyformer.energies.matmul import matmul, swap
+from energyformer.ops.matmul import matmul, swap
 
 
 @jax.custom_jvp

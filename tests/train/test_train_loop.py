@@ -23,7 +23,7 @@ from energyformer.train.mesh import make_mesh
 from energyformer.train.programs import programs
 from train_fixtures import tiny_config, write_corpus
 
-TESTS = pathlib.Path(__file__).parent
+TESTS = pathlib.Path(__file__).parents[1]
 
 
 class SimulatedCrash(Exception):

@@ -221,7 +221,7 @@ def test_population_axis_over_a_mesh(tmp_path):
   (padded to 8) resumes over 2 (padded to 6) and ends where the single-device sweep ends (rtol 1e-5)."""
   script = textwrap.dedent(f"""
       import dataclasses, json, sys, jax
-      sys.path.insert(0, {os.path.dirname(__file__)!r})
+      sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
       from train_fixtures import KilledAfter
       from energyformer.train import mesh, sweep
       mesh.use_cpu_devices(4)

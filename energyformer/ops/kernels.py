@@ -1,7 +1,7 @@
-"""Which computation evaluates softmax attention ``(o, L)`` (see ``energies.softmax``), all exact to every order.
+"""Which computation evaluates softmax attention ``(o, L)`` (see ``ops.softmax``), all exact to every order.
 
 * dense (``implementation="xla"``, no ``chunk_size``): the (H, N, M) scores in plain JAX ops; derivatives of
-  every order come from the rules of ``softmax_logsumexp`` and ``energies.matmul`` (its products).
+  every order come from the rules of ``softmax_logsumexp`` and ``ops.matmul`` (its products).
 * chunked (``chunk_size``): ``chunked.attention_forward`` for the value and ``chunked.attention_tangent`` for the
   derivative, joined by a ``jax.custom_jvp``: memory linear in the sequence length in forward and reverse mode.
 * fused (``implementation="cudnn"`` on a GPU, float16 or bfloat16): the value from the fused kernel of
@@ -22,8 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from energyformer.energies import chunked
-from energyformer.energies.softmax import (attention_tangent_terms, dense_attention, logits_dtype, visible_rows,
+from energyformer.ops import chunked
+from energyformer.ops.softmax import (attention_tangent_terms, dense_attention, logits_dtype, visible_rows,
                                            zero_empty_rows)
 
 IMPLEMENTATIONS = ("xla", "cudnn")

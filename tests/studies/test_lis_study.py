@@ -66,6 +66,6 @@ def test_bad_study_options_are_named():
 
 def test_experiment_script_is_the_cli(tmp_path):
   """``python experiments/lis.py`` runs the same study as ``energyformer lis`` (its options included)."""
-  script = pathlib.Path(__file__).parents[1] / "experiments" / "lis.py"
+  script = pathlib.Path(__file__).parents[2] / "experiments" / "lis.py"
   out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True).stdout
   assert "--preset" in out and "--variants" in out

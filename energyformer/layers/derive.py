@@ -127,8 +127,7 @@ class Layer:
   lagrangian: Any = None
 
   def __post_init__(self):
-    if isinstance(self.solver, str):
-      object.__setattr__(self, "solver", solver_lib.get(self.solver))
+    object.__setattr__(self, "solver", solver_lib.as_solver(self.solver, "Layer(solver=...)"))
     if self.mode not in MODES:
       raise ValueError(f"unknown derivation mode {self.mode!r}; choose one of {MODES}.")
     if self.mode == "relaxed" and not _has_values(self.energy):

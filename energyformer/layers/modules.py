@@ -18,7 +18,6 @@ from energyformer.energies.base import EnergySum
 from energyformer.energies.params import ParamSpec, init_params
 from energyformer.layers.split import Split
 from energyformer.layers.stack import Rollout, check_unroll, unroll
-from energyformer.solvers.base import check_hparams
 
 
 class Fixed(nnx.Variable):
@@ -65,10 +64,26 @@ def model_dim(layer) -> int | None:
   return None
 
 
-def _check_hparam_tree(layer, hparams, stacked: bool):
+def check_hparam_shapes(hparams, depth: int, stacked: bool) -> None:
+  """Raises unless every hyperparameter is a scalar, or a (depth,) array of one value per step when ``stacked``."""
+  expected = (depth,) if stacked else ()
+  for path, value in jax.tree_util.tree_leaves_with_path(hparams):
+    if jnp.shape(value) == expected:
+      continue
+    name = f"hparams{jax.tree_util.keystr(path)}"
+    if stacked:
+      raise ValueError(f"{name} has shape {jnp.shape(value)}, but stacked_hparams=True takes one value per step: "
+                       f"an array of shape ({depth},); pass that, or a scalar with stacked_hparams=False.")
+    hint = (" For one value per step pass stacked_hparams=True." if jnp.shape(value) == (depth,) else "")
+    raise ValueError(f"{name} has shape {jnp.shape(value)}, but a solver hyperparameter is one scalar shared by "
+                     f"every step.{hint} Per-token or per-feature hyperparameters are not supported.")
+
+
+def _check_hparam_tree(layer, hparams, depth: int, stacked: bool):
   pairs = zip(_parts(layer), hparams) if isinstance(layer, Split) else [(layer, hparams)]
   for part, h in pairs:
-    check_hparams(part.solver, h)
+    part.solver.check_hparams(h)
+  check_hparam_shapes(hparams, depth, stacked)
 
 
 def _mesh_batch_axes(batch_axes: tuple[str, ...]) -> tuple[str, ...]:
@@ -109,7 +124,7 @@ class EnergyStack(nnx.Module):
       hparams = layer.default_hparams()
       if stacked_hparams:
         hparams = jax.tree.map(lambda v: jnp.broadcast_to(v, (depth,) + jnp.shape(v)), hparams)
-    _check_hparam_tree(layer, hparams, stacked_hparams)
+    _check_hparam_tree(layer, hparams, depth, stacked_hparams)
     self.hparams = nnx.data(_wrap_hparams(hparams, learn_hparams, ("layers",) if stacked_hparams else ()))
 
   def rollout(self, x, mask=None, state=None, *, record_energy: bool = False) -> Rollout:

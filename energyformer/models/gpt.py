@@ -2,25 +2,14 @@
 
 Each depth step is a Lie–Trotter (or Strang) splitting: a step on the attention energy, then a step on the MLP's
 potential energy, each taken at the pre-normalised tokens ``g = ∇L(x)`` of its own energy-LayerNorm Lagrangian
-(so ``x ← x − η G(LN(x))`` is pre-norm attention plus residual). The attention variant chooses the energy, the
-derivation and the solver:
-
-========================  ====================================================  =================
-variant                   energy                                                solver
-========================  ====================================================  =================
-``standard``              Helmholtz inner-product, relaxed values               gradient descent
-``tied``                  Helmholtz inner-product, exact gradient               gradient descent
-``momentum``              as ``standard``                                       heavy ball (MomenMHA)
-``nesterov``              as ``standard``                                       Nesterov (NagMHA)
-``newton``                as ``standard``                                       Neumann-Newton (MHA2nd1st)
-``light_newton``          as ``standard``                                       secant Newton (LightMHA2nd1st, ours)
-``linear``                quadratic local energy, plain sum, relaxed values     gradient descent
-``gated_linear``          quadratic local energy, gated sum, relaxed values     gradient descent
-========================  ====================================================  =================
+(so ``x ← x − η G(LN(x))`` is pre-norm attention plus residual). The attention variant — a name in the registry
+``energyformer.models.variants`` (``variants.names()``), built-in or registered by the user — chooses the energy,
+the derivation and the solver.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -28,25 +17,33 @@ from flax import nnx
 
 from energyformer import solvers
 from energyformer.checks import check_positive_int, check_range
-from energyformer.energies import (Gated, Helmholtz, Interaction, LayerNormLagrangian, PlainSum, Potential, masks,
-                                   quadratic)
-from energyformer.layers import EnergyStack, Layer, Split, unwrap
+from energyformer.energies import Helmholtz, LayerNormLagrangian, Potential, masks
+from energyformer.layers import EnergyStack, Layer, Split
+from energyformer.models import variants
 
-VARIANTS = ("standard", "tied", "momentum", "nesterov", "newton", "light_newton", "linear", "gated_linear")
 MLPS = ("plain", "potential", "none")
+
+
+def _sorted_pairs(hparams) -> tuple[tuple[str, float], ...]:
+  """``{name: value}`` (or pairs) as sorted ``(name, float)`` pairs: hashable and JSON-friendly."""
+  pairs = hparams.items() if isinstance(hparams, Mapping) else hparams
+  return tuple(sorted((str(name), float(value)) for name, value in pairs))
 
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
   """Sizes and choices of the decoder.
 
+  ``variant``: a registered attention variant (``variants.names()``). ``hparams``: values of the variant's solver
+  hyperparameters that differ from its defaults, ``{name: value}`` with names from
+  ``variants.get(variant).solver.hyperparameters`` (stored as sorted pairs); ``eta`` and ``beta``, when given,
+  set the hyperparameters of those names. ``temperature`` is the Helmholtz temperature of the variant's energy
+  (default ``√head_dim``, standard attention); variants without a Helmholtz aggregator refuse it.
   ``mlp``: ``"plain"`` is the standard MLP (the relaxed step on a GELU potential: untied output projection),
   ``"potential"`` the exact gradient step on that potential (tied weights), ``"none"`` attention only.
-  ``eta`` and ``beta`` are the attention solver's step size and momentum; ``temperature`` is the softmax
-  variants' Helmholtz temperature (default ``√head_dim``, standard attention). ``remat`` and ``scan_unroll``
-  (``True``: the depth loop unrolled, fastest for shallow models) are the depth scan's (``layers.unroll``);
-  ``batch_axes`` are the mesh axes the batch is split over in sharded training (``EnergyStack``; the training
-  programs set them from the sharding rules).
+  ``remat`` and ``scan_unroll`` (``True``: the depth loop unrolled, fastest for shallow models) are the depth
+  scan's (``layers.unroll``); ``batch_axes`` are the mesh axes the batch is split over in sharded training
+  (``EnergyStack``; the training programs set them from the sharding rules).
   """
 
   vocab_size: int
@@ -58,8 +55,9 @@ class GPTConfig:
   mlp_hidden: int = 256
   variant: str = "standard"
   mlp: str = "plain"
-  eta: float = 1.0
-  beta: float = 0.5
+  hparams: tuple[tuple[str, float], ...] = ()
+  eta: float | None = None
+  beta: float | None = None
   temperature: float | None = None
   splitting: str = "lie_trotter"
   tie_embeddings: bool = True
@@ -69,35 +67,29 @@ class GPTConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "batch_axes", tuple(self.batch_axes))
+    object.__setattr__(self, "hparams", _sorted_pairs(self.hparams))
     for name in ("vocab_size", "context_length", "dim", "num_heads", "head_dim", "depth", "mlp_hidden"):
       check_positive_int(name, getattr(self, name))
-    if self.variant not in VARIANTS:
-      raise ValueError(f"unknown attention variant {self.variant!r}; choose one of {VARIANTS}.")
+    variant = variants.get(self.variant)
     if self.mlp not in MLPS:
       raise ValueError(f"unknown mlp {self.mlp!r}; choose one of {MLPS}.")
-    check_range("eta", self.eta, 0.0, low_open=True, fix="Use a positive attention step size.")
-    check_range("beta", self.beta, 0.0, 1.0, high_open=True, fix="Use a momentum beta in [0, 1).")
-    if self.temperature is not None and self.variant in ("linear", "gated_linear"):
-      raise ValueError(f"variant {self.variant!r} has no softmax temperature; leave temperature=None.")
+    attention_hparams(self)
+    if self.temperature is not None and not isinstance(getattr(variant.energy(self), "aggregate", None), Helmholtz):
+      raise ValueError(f"variant {self.variant!r} has no Helmholtz (softmax) temperature; leave temperature=None.")
+
+
+def attention_hparams(config: GPTConfig) -> dict:
+  """The attention solver's hyperparameters: the variant's defaults updated by ``config.hparams``, ``eta``,
+  ``beta`` (checked against the solver's ranges; an unknown name raises)."""
+  overrides = dict(config.hparams)
+  overrides.update({name: getattr(config, name) for name in ("eta", "beta") if getattr(config, name) is not None})
+  return variants.get(config.variant).solver.hparams(**overrides)
 
 
 def attention_layer(config: GPTConfig) -> Layer:
-  """The attention step of one block for ``config.variant`` (module table), at pre-normalised tokens."""
-  sizes = (config.dim, config.num_heads, config.head_dim)
-  if config.variant == "linear":
-    energy = Interaction(*sizes, local=quadratic, aggregate=PlainSum(), values=True)
-  elif config.variant == "gated_linear":
-    energy = Interaction(*sizes, local=quadratic, aggregate=Gated(), values=True)
-  else:
-    energy = Interaction(*sizes, aggregate=Helmholtz(config.temperature), values=config.variant != "tied")
-  solver = {
-      "momentum": lambda: solvers.momentum(config.eta, config.beta),
-      "nesterov": lambda: solvers.nesterov(config.eta, config.beta),
-      "newton": lambda: solvers.newton(config.eta),
-      "light_newton": lambda: solvers.light_newton(config.eta),
-  }.get(config.variant, lambda: solvers.gradient_descent(config.eta))()
-  mode = "tied" if config.variant == "tied" else "relaxed"
-  return Layer(energy, solver, mode, lagrangian=LayerNormLagrangian(config.dim))
+  """The attention step of one block for ``config.variant`` (its registered recipe), at pre-normalised tokens."""
+  variant = variants.get(config.variant)
+  return Layer(variant.energy(config), variant.solver, variant.mode, lagrangian=LayerNormLagrangian(config.dim))
 
 
 def block(config: GPTConfig):
@@ -122,7 +114,10 @@ class GPT(nnx.Module):
     self.config = config
     self.embed = _param(rngs, (config.vocab_size, config.dim), ("vocab", "embed"), 0.02)
     self.positions = _param(rngs, (config.context_length, config.dim), (None, "embed"), 0.02)
-    self.blocks = EnergyStack(block(config), config.depth, rngs=rngs, remat=config.remat,
+    layer = block(config)
+    hparams = attention_hparams(config)
+    hparams = hparams if config.mlp == "none" else (hparams, layer.parts[1].default_hparams())
+    self.blocks = EnergyStack(layer, config.depth, rngs=rngs, hparams=hparams, remat=config.remat,
                               scan_unroll=config.scan_unroll, batch_axes=config.batch_axes)
     self.norm_scale = nnx.Param(jnp.ones(config.dim), out_sharding=("embed",), eager_sharding=False)
     self.norm_bias = nnx.Param(jnp.zeros(config.dim), out_sharding=("embed",), eager_sharding=False)

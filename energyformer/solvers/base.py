@@ -4,6 +4,9 @@
 relaxed) energy gradient at ``x`` and ``hparams`` is a dict of arrays — fixed, learnable or vmapped, never a
 Python float baked into a trace. A solver may call ``grad_fn`` at a look-ahead point or differentiate it
 (Hessian-vector products ``jax.jvp(grad_fn, (x,), (v,))``).
+
+Each solver declares its hyperparameters itself: a ``HparamSpec`` per name gives the default, the valid interval
+and whether the value scales the step (halved by a Strang half step). Nothing outside the solver lists them.
 """
 from __future__ import annotations
 
@@ -16,20 +19,45 @@ from energyformer.checks import check_range
 
 GradFn = Callable[[jax.Array], jax.Array]
 
-# name -> (low, high, low_open, high_open, fix)
-_RANGES = {
-    "eta": (0.0, None, True, False, "Use a positive step size eta."),
-    "beta": (0.0, 1.0, False, True, "Use a momentum beta in [0, 1); beta >= 1 makes the momentum stream diverge."),
-    "dt": (0.0, None, True, False, "Use a positive Euler step dt."),
-    "tau": (0.0, None, True, False, "Use a positive time constant tau."),
-    "temperature": (0.0, None, False, False, "Use a noise temperature >= 0 (0 turns the noise off)."),
-    "curvature_bias": (None, None, False, False, ""),
-    "curvature_scale": (0.0, None, True, False, "Use a positive curvature scale alpha (below 2/lambda_max(H))."),
-}
+
+class HparamSpec(NamedTuple):
+  """One solver hyperparameter: its default and valid interval ``[low, high]`` (ends open where asked).
+
+  ``step_size``: the value scales the step, so a half step (Strang splitting) halves it. ``fix`` is the advice an
+  out-of-range error gives. ``None`` bounds are unbounded.
+  """
+
+  default: float
+  low: float | None = None
+  high: float | None = None
+  low_open: bool = False
+  high_open: bool = False
+  step_size: bool = False
+  fix: str = ""
+
+  def check(self, name: str, value) -> None:
+    """Raises a ``ValueError`` naming ``name`` where ``value`` is concrete and outside the interval."""
+    check_range(name, value, self.low, self.high, low_open=self.low_open, high_open=self.high_open, fix=self.fix)
+
+
+def step_size(default: float, name: str = "step size") -> HparamSpec:
+  """A positive step size ``η ∈ (0, ∞)`` (scaled by half steps)."""
+  return HparamSpec(default, 0.0, None, low_open=True, step_size=True, fix=f"Use a positive {name}.")
+
+
+def momentum_coefficient(default: float) -> HparamSpec:
+  """A momentum coefficient ``β ∈ [0, 1)``."""
+  return HparamSpec(default, 0.0, 1.0, high_open=True,
+                    fix="Use a momentum beta in [0, 1); beta >= 1 makes the momentum stream diverge.")
+
+
+def time_constant(default: float) -> HparamSpec:
+  """A positive time constant ``τ`` (it divides the step but is not halved by a half step)."""
+  return HparamSpec(default, 0.0, None, low_open=True, fix="Use a positive time constant tau.")
 
 
 class Solver(NamedTuple):
-  """A solver: ``init``/``step``, its default hyperparameters and which of them scale the step size.
+  """A solver: ``init``/``step`` and its hyperparameters, each declared by a ``HparamSpec``.
 
   ``fixed_context``: the solver differentiates ``grad_fn`` (curvature), and a layer should hold the context
   (keys, values) at the step's input while it does, giving the query-side Hessian.
@@ -38,32 +66,48 @@ class Solver(NamedTuple):
   name: str
   init: Callable[[jax.Array], Any]
   step: Callable[[GradFn, jax.Array, Any, Mapping[str, jax.Array]], tuple[jax.Array, Any]]
-  defaults: Mapping[str, float]
-  step_sizes: tuple[str, ...]
+  hyperparameters: Mapping[str, HparamSpec]
   fixed_context: bool = False
+
+  @property
+  def defaults(self) -> dict[str, float]:
+    """``{name: default}`` of every hyperparameter."""
+    return {name: spec.default for name, spec in self.hyperparameters.items()}
+
+  @property
+  def step_sizes(self) -> tuple[str, ...]:
+    """The names of the hyperparameters that scale the step."""
+    return tuple(name for name, spec in self.hyperparameters.items() if spec.step_size)
 
   def hparams(self, **overrides) -> dict[str, jax.Array]:
     """The solver's hyperparameters as float32 arrays: defaults updated by ``overrides``, checked."""
-    unknown = set(overrides) - set(self.defaults)
+    unknown = set(overrides) - set(self.hyperparameters)
     if unknown:
       raise ValueError(f"solver {self.name!r} has no hyperparameter(s) {sorted(unknown)}; "
-                       f"its hyperparameters are {sorted(self.defaults)}.")
+                       f"its hyperparameters are {sorted(self.hyperparameters)}.")
     values = {name: jnp.asarray(overrides.get(name, default), jnp.float32) for name, default in self.defaults.items()}
-    check_hparams(self, values)
+    self.check_hparams(values)
     return values
 
-
-def check_hparams(solver: Solver, hparams: Mapping[str, Any]) -> None:
-  """Raises when a hyperparameter is missing or, where its value is concrete, out of its valid range."""
-  missing = set(solver.defaults) - set(hparams)
-  if missing:
-    raise ValueError(f"solver {solver.name!r} needs hyperparameter(s) {sorted(missing)}; "
-                     f"pass them or start from solver.hparams().")
-  for name in solver.defaults:
-    low, high, low_open, high_open, fix = _RANGES[name]
-    check_range(name, hparams[name], low, high, low_open=low_open, high_open=high_open, fix=fix)
+  def check_hparams(self, hparams: Mapping[str, Any]) -> None:
+    """Raises when a hyperparameter is missing or unknown or, where its value is concrete, out of its range."""
+    missing, unknown = set(self.hyperparameters) - set(hparams), set(hparams) - set(self.hyperparameters)
+    if missing:
+      raise ValueError(f"solver {self.name!r} needs hyperparameter(s) {sorted(missing)}; "
+                       f"pass them or start from solver.hparams().")
+    if unknown:
+      raise ValueError(f"solver {self.name!r} has no hyperparameter(s) {sorted(unknown)}; "
+                       f"its hyperparameters are {sorted(self.hyperparameters)}.")
+    for name, spec in self.hyperparameters.items():
+      spec.check(name, hparams[name])
 
 
 def zeros_like_state(x):
   """A zero momentum buffer shaped like the tokens."""
   return jnp.zeros_like(x)
+
+
+def no_state(x):
+  """The empty state of a solver that carries nothing between steps."""
+  del x
+  return ()

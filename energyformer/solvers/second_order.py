@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 
 from energyformer.checks import check_positive_int
-from energyformer.solvers.base import Solver
+from energyformer.solvers.base import HparamSpec, Solver, no_state, step_size
+from energyformer.solvers.registry import register
 
 
 def hessian_vector_product(grad_fn, x, v):
@@ -26,6 +27,7 @@ def neumann_direction(grad_fn, x, num_terms: int, scale=1.0):
   return direction
 
 
+@register("newton")
 def newton(eta: float = 1.0, curvature_scale: float = 1.0, num_terms: int = 1) -> Solver:
   """Neumann-Newton (MHA2nd1st for ``num_terms=1``, α = 1): ``x⁺ = x − η α Σ_{j≤K} (I − α H)^j ∇F(x)``.
 
@@ -39,10 +41,13 @@ def newton(eta: float = 1.0, curvature_scale: float = 1.0, num_terms: int = 1) -
     direction = neumann_direction(grad_fn, x, num_terms, hparams["curvature_scale"])
     return x - hparams["eta"] * direction, state
 
-  return Solver("newton", lambda x: (), step, {"eta": eta, "curvature_scale": curvature_scale}, ("eta",),
+  scale = HparamSpec(curvature_scale, 0.0, None, low_open=True,
+                     fix="Use a positive curvature scale alpha (below 2/lambda_max(H)).")
+  return Solver("newton", no_state, step, {"eta": step_size(eta, "step size eta"), "curvature_scale": scale},
                 fixed_context=True)
 
 
+@register("light_newton")
 def light_newton(eta: float = 1.0, curvature_bias: float = 0.0, eps: float = 1e-6) -> Solver:
   """Secant Newton (this project's LightMHA2nd1st design; the paper's exact form is not public).
 
@@ -63,4 +68,5 @@ def light_newton(eta: float = 1.0, curvature_bias: float = 0.0, eps: float = 1e-
     factor = jnp.clip(2.0 - curvature, 0.0, 2.0) + hparams["curvature_bias"]
     return x - hparams["eta"] * factor * gradient, (x, gradient, jnp.ones((), bool))
 
-  return Solver("light_newton", init, step, {"eta": eta, "curvature_bias": curvature_bias}, ("eta",))
+  return Solver("light_newton", init, step,
+                {"eta": step_size(eta, "step size eta"), "curvature_bias": HparamSpec(curvature_bias)})

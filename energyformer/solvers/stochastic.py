@@ -4,7 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from energyformer.solvers.base import Solver
+from energyformer.solvers.base import HparamSpec, Solver, step_size, time_constant
+from energyformer.solvers.registry import register
 
 
 def _default_key(x):
@@ -13,6 +14,7 @@ def _default_key(x):
   return jax.random.key(0)
 
 
+@register("langevin")
 def langevin(dt: float = 0.1, tau: float = 1.0, temperature: float = 0.0) -> Solver:
   """Euler–Maruyama step of ``τ dx = −∂E/∂g dt + √(2τ T) dW``: ``x⁺ = x − α ∂E/∂g + √(2 α T) ξ``, ``α = dt/τ``.
 
@@ -27,4 +29,6 @@ def langevin(dt: float = 0.1, tau: float = 1.0, temperature: float = 0.0) -> Sol
     noise = jnp.sqrt(2.0 * rate * hparams["temperature"]) * jax.random.normal(noise_key, x.shape, x.dtype)
     return x - rate * grad_fn(x) + noise, key
 
-  return Solver("langevin", _default_key, step, {"dt": dt, "tau": tau, "temperature": temperature}, ("dt",))
+  noise = HparamSpec(temperature, 0.0, None, fix="Use a noise temperature >= 0 (0 turns the noise off).")
+  return Solver("langevin", _default_key, step,
+                {"dt": step_size(dt, "Euler step dt"), "tau": time_constant(tau), "temperature": noise})

@@ -367,11 +367,22 @@ def test_stacked_params_of_wrong_depth_raise():
 
 
 def test_stacked_hparams_of_wrong_depth_raise():
-  """Per-layer hyperparameters with a leading axis other than the depth raise a ValueError."""
+  """Per-layer hyperparameters with a leading axis other than the depth raise a ValueError, at construction and
+  in unroll."""
   layer = _interaction_layer("gd")
-  stack = EnergyStack(layer, 3, rngs=nnx.Rngs(27), stacked_hparams=True, hparams={"eta": jnp.full((2,), 0.1)})
+  with pytest.raises(ValueError, match=r"hparams\['eta'\].*\(3,\)"):
+    EnergyStack(layer, 3, rngs=nnx.Rngs(27), stacked_hparams=True, hparams={"eta": jnp.full((2,), 0.1)})
+  stack = EnergyStack(layer, 3, rngs=nnx.Rngs(27))
   with pytest.raises(ValueError, match="stacked hparams"):
-    stack(_tokens(28))
+    unroll(layer, unwrap(stack.params), {"eta": jnp.full((2,), 0.1)}, _tokens(28), num_steps=3, stacked_hparams=True)
+
+
+@pytest.mark.parametrize("shape", [(D,), (N, 1), (1,)])
+def test_unstacked_hparams_must_be_scalars(shape):
+  """A (depth,) array without stacked_hparams=True — here depth = D, the token width, where it would broadcast
+  per feature — and any other non-scalar hyperparameter raise a ValueError naming it and stacked_hparams."""
+  with pytest.raises(ValueError, match=r"hparams\['eta'\].*stacked_hparams" if shape == (D,) else r"hparams\['eta'\]"):
+    EnergyStack(_interaction_layer("gd"), D, rngs=nnx.Rngs(0), hparams={"eta": jnp.full(shape, 0.1)})
 
 
 def test_nonpositive_depth_raises():

@@ -310,16 +310,16 @@ def test_unknown_hparam_raises():
 
 
 def test_missing_hparam_raises():
-  """check_hparams rejects a dict lacking one of the solver's hyperparameters."""
+  """Solver.check_hparams rejects a dict lacking one of the solver's hyperparameters."""
   with pytest.raises(ValueError, match="beta"):
-    solvers.check_hparams(solvers.momentum(), {"eta": jnp.float32(0.1)})
+    solvers.momentum().check_hparams({"eta": jnp.float32(0.1)})
 
 
 def test_unknown_solver_raises_with_choices():
   """solvers.get('adamw') raises a ValueError listing the registered solvers."""
   with pytest.raises(ValueError, match="adamw") as info:
     solvers.get("adamw")
-  for name in solvers.SOLVERS:
+  for name in solvers.names():
     assert name in str(info.value)
 
 

@@ -140,7 +140,7 @@ def derived_layers(dim: int, heads: int, head_dim: int, chunk_size: int, names) 
   layers = {}
   for name in names:
     mode = name.split("_")[0]
-    aggregate = Helmholtz(chunk_size=chunk_size) if name.endswith("_chunked") else Helmholtz()
+    aggregate = Helmholtz(chunk_size=chunk_size if name.endswith("_chunked") else None)
     layers[name] = Layer(Interaction(dim, heads, head_dim, aggregate=aggregate, values=mode == "relaxed"), "gd",
                          mode=mode)
   return layers
@@ -161,8 +161,9 @@ def layer_jobs(names, seq: int, heads: int, head_dim: int, batch: int, chunk_siz
   return dict(sorted(jobs.items(), key=lambda item: list(names).index(item[0])))
 
 
-def measure(names, seq: int, heads: int, head_dim: int, batch: int, repeats: int, chunk_size: int) -> dict:
-  layers = layer_jobs(names, seq, heads, head_dim, batch, chunk_size)
+def time_and_memory(layers: dict, repeats: int):
+  """``(rows, outputs)`` for ``layers = {name: (apply, args)}``: per layer the compile time, temp memory and median
+  (and min, and all) run time of its forward and train step, and each job's output."""
   jobs = {}  # (layer, "forward" | "train_step") -> (compiled, args)
   rows = {name: {} for name in layers}
   for name, (apply, args) in layers.items():
@@ -184,7 +185,11 @@ def measure(names, seq: int, heads: int, head_dim: int, batch: int, repeats: int
     rows[name][f"{kind}_s"] = statistics.median(ts)
     rows[name][f"{kind}_min_s"] = min(ts)
     rows[name][f"{kind}_times_s"] = ts
+  return rows, outputs
 
+
+def measure(names, seq: int, heads: int, head_dim: int, batch: int, repeats: int, chunk_size: int) -> dict:
+  rows, outputs = time_and_memory(layer_jobs(names, seq, heads, head_dim, batch, chunk_size), repeats)
   ref = rows["reference"]
   for name, row in rows.items():
     row["ratios"] = {k: row[k] / ref[k] if ref[k] else float("nan") for k in RATIO_KEYS}

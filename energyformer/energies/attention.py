@@ -6,19 +6,20 @@ The energy is a sum over H subspaces of dimension Dh, one per head.
 
 The Helmholtz inner-product form ``F = −Σ_h T_h Σ_n log Σ_m exp(q_hn·k_hm / T_h)`` (``is_softmax``) is evaluated
 through the aggregator's attention primitive (``Helmholtz.inner_product_energy``), so its derivatives reuse the
-softmax; with ``Helmholtz(chunk_size=...)`` any local energy is evaluated block by block.
+softmax. Long sequences (``Helmholtz(chunk_size="auto")``, the default, or a block size) evaluate any local energy
+tile by tile (``chunked.tile_reduce``), pairwise ones in small tiles of pairs.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax.numpy as jnp
 
 from energyformer.checks import check_positive_int
-from energyformer.ops import chunked
 from energyformer.energies.aggregate import Helmholtz
-from energyformer.energies.local import LocalEnergy, inner_product
+from energyformer.energies.local import LocalEnergy, Pairwise, inner_product
 from energyformer.ops.matmul import matmul, swap
 from energyformer.energies.params import ParamSpec, normal
 
@@ -79,23 +80,20 @@ class Interaction:
     return self.aggregate(self.local(scores, q, k), mask, params, context)
 
   def __call__(self, params, x, context, mask=None):
+    q, k = self.queries(params, x), self.keys(params, context)
     if self.is_softmax:
-      return self.aggregate.inner_product_energy(params, self.queries(params, x), self.keys(params, context), mask)
-    if isinstance(self.aggregate, Helmholtz) and self.aggregate.chunk_size is not None:
-      return self._blockwise(params, self.queries(params, x), self.keys(params, context), mask)
-    q, k, scores = self.project(params, x, context)
-    return self.from_scores(params, scores, q, k, mask, context)
+      return self.aggregate.inner_product_energy(params, q, k, mask)
+    size = self.block_size(q.shape[1], k.shape[1])
+    if size is not None:
+      return self.aggregate.blockwise_energy(params, functools.partial(_local_tile, self.local), q, k, mask,
+                                               context, size)
+    return self.from_scores(params, matmul(q, swap(k)), q, k, mask, context)
 
-  def _blockwise(self, params, q, k, mask):
-    """``A(local(s, q, k))`` from (H, size, size) blocks of local energies (``Helmholtz.blockwise_energy``)."""
-    size = self.aggregate.block_size(q.shape[1], k.shape[1])
-    q_blocks, k_blocks = chunked.to_blocks(q, size), chunked.to_blocks(k, size)
-
-    def energy_block(i, j):
-      q_i, k_j = q_blocks[i], k_blocks[j]
-      return self.local(matmul(q_i, swap(k_j)), q_i, k_j)
-
-    return self.aggregate.blockwise_energy(params, energy_block, q.shape[1], k.shape[1], mask)
+  def block_size(self, num_queries: int, num_keys: int) -> int | None:
+    """The aggregator's block size for this local energy (``None``: dense), for aggregators evaluated blockwise."""
+    if not hasattr(self.aggregate, "blockwise_energy"):
+      return None
+    return self.aggregate.block_size(num_queries, num_keys, per_pair=isinstance(self.local, Pairwise))
 
   def value_vectors(self, params, context):
     """``v = c W^V`` (H, M, Dh)."""
@@ -108,3 +106,16 @@ class Interaction:
   def values_out(self, params, weights, context):
     """``Σ_h Σ_m a_hnm v_hm W^O_h`` with ``v_h = c W^V_h``: attention output for weights ``a`` (H, N, M)."""
     return self.output(params, matmul(weights, self.value_vectors(params, context)))
+
+  def scores(self, params, x, context):
+    """``s = q·k`` (H, N, M) (``energies.ScoreEnergy``, with ``energy_of_scores`` and ``values_out``)."""
+    return self.project(params, x, context)[2]
+
+  def energy_of_scores(self, params, scores, x, context, mask=None):
+    """``A(local(s, q, k))`` with the scores ``s`` given apart from ``q = x W^Q`` and ``k = c W^K``."""
+    return self.from_scores(params, scores, self.queries(params, x), self.keys(params, context), mask, context)
+
+
+def _local_tile(local, q, k):
+  """``local(q·k, q, k)`` of one tile: (H, size, size) local energies of a block of queries and one of keys."""
+  return local(matmul(q, swap(k)), q, k)

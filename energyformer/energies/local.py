@@ -12,6 +12,7 @@ form: the attention weights ``-∂F/∂s`` with independent value and output pro
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -41,26 +42,36 @@ def quadratic(scores, q, k):
   return -0.5 * scores * scores
 
 
-def pairwise(fn: Callable[[jax.Array, jax.Array], jax.Array]) -> LocalEnergy:
-  """Lifts ``fn(q: (Dh,), k: (Dh,)) -> scalar`` to a local energy over all heads and pairs.
+@dataclasses.dataclass(frozen=True)
+class Pairwise:
+  """A local energy ``E_hnm = fn(q_hn, k_hm)`` from a function of one (query, key) pair of vectors (``pairwise``).
 
-  ``E_hnm = fn(q_hn, k_hm)``. The result depends on the tokens through ``q`` and ``k`` directly, so its only
-  derived layer is the exact (tied) gradient.
+  The Interaction recognises it (``per_pair``) and, for long sequences, evaluates it in small tiles of pairs: its
+  work per pair is a vector, an (H, N, M, Dh) tensor if formed densely.
   """
-  over_keys = jax.vmap(fn, in_axes=(None, 0))
-  over_pairs = jax.vmap(over_keys, in_axes=(0, None))
-  over_heads = jax.vmap(over_pairs, in_axes=(0, 0))
 
-  def local(scores, q, k):
+  fn: Callable[[jax.Array, jax.Array], jax.Array]
+
+  def __call__(self, scores, q, k):
     del scores
-    energies = over_heads(q, k)
+    over_keys = jax.vmap(self.fn, in_axes=(None, 0))
+    over_pairs = jax.vmap(over_keys, in_axes=(0, None))
+    energies = jax.vmap(over_pairs, in_axes=(0, 0))(q, k)
     if energies.shape != q.shape[:-1] + (k.shape[-2],):
       raise ValueError(
           f"a pairwise local energy must return a scalar per (query, key) pair, got shape {energies.shape[3:]} "
           "per pair; reduce it with jnp.sum or similar.")
     return energies
 
-  return local
+
+def pairwise(fn: Callable[[jax.Array, jax.Array], jax.Array]) -> LocalEnergy:
+  """Lifts ``fn(q: (Dh,), k: (Dh,)) -> scalar`` to a local energy over all heads and pairs: ``E_hnm = fn(q_hn,
+  k_hm)``.
+
+  The result depends on the tokens through ``q`` and ``k`` directly, so its only derived layer is the exact (tied)
+  gradient. Long sequences are evaluated tile by tile (``Helmholtz(chunk_size=...)``).
+  """
+  return Pairwise(fn)
 
 
 def lp(p: float) -> LocalEnergy:

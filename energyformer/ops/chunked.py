@@ -12,6 +12,7 @@ are zero-padded and the padded keys masked.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -157,26 +158,130 @@ def attention_tangent(q, k, v, mask, out, lse, q_dot, k_dot, v_dot, size: int):
   return from_blocks(out_dot, num_queries).astype(out.dtype), from_blocks(lse_dot, num_queries).astype(lse.dtype)
 
 
-def online_logsumexp(logits_block, num_queries: int, num_keys: int, mask, size: int):
-  """``L_hn = log Σ_{m visible} exp z_hnm`` (0 for rows with no visible key) for logits given block by block:
-  ``logits_block(i, j) -> (H, size, size)``, the logits of query block i and key block j of the zero-padded
-  sequences.
+def _length(operands) -> int:
+  """The sequence length (axis 1) shared by the (H, N, ...) arrays of a pytree."""
+  return jax.tree.leaves(operands)[0].shape[1]
 
-  Plain automatic differentiation with a rematerialised key-block body: exact to every order for any logits, with
-  the memory of one block per step in first-order reverse mode.
+
+def _tiles(operands, size: int):
+  """Each (H, N, ...) array of a pytree as (⌈N/size⌉, H, size, ...) blocks."""
+  return jax.tree.map(lambda a: to_blocks(a, size), operands)
+
+
+def tile_reduce(tile_fn, rows, cols, shared, mask, size: int, logsumexp: bool):
+  """Reduces pair values ``z_hnm`` given tile by tile over the visible keys of each query:
+  ``L_hn = log Σ_m exp z_hnm`` (``logsumexp``; 0 for a row with no visible key) or ``S_hn = Σ_m z_hnm``.
+
+  ``tile_fn(rows_i, cols_j, shared) -> (H, size, size)`` computes the values of query block i and key block j from
+  the blocks of ``rows`` (a pytree of per-query arrays (H, N, ...), e.g. the queries) and ``cols`` (per-key arrays
+  (H, M, ...), e.g. the keys), zero-padded to whole blocks, and ``shared`` (any pytree, e.g. temperatures); it must
+  not close over traced values. Only one tile of values (and of whatever ``tile_fn`` forms, such as per-pair
+  vectors) exists at a time.
+
+  Differentiated by its own rule (``_tile_reduce_jvp``): ``L̇_hn = Σ_m p_hnm ż_hnm`` with ``p = exp(z − L)``
+  (``Ṡ_hn = Σ_m ż_hnm``), ``ż`` the tangent of ``tile_fn``, summed tile by tile with each tile's work
+  rematerialised. Reverse mode transposes that sum, so a gradient is one more pass over the tiles, and derivatives
+  of gradients (training through a layer) differentiate plain rematerialised scans: memory stays linear in the
+  sequence length at every order.
   """
-  grid = Grid(size, num_queries, num_keys)
+  return _tile_reduce(tile_fn, size, logsumexp, rows, cols, shared, mask)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _tile_reduce(tile_fn, size, logsumexp, rows, cols, shared, mask):
+  grid = Grid(size, _length(rows), _length(cols))
   visible = block_visibility(mask, grid)
-  probe = jax.eval_shape(logits_block, 0, 0)
+  probe = jax.eval_shape(tile_fn, *(jax.tree.map(lambda a: a[0], _tiles(x, size)) for x in (rows, cols)), shared)
+  col_blocks = (jnp.arange(grid.count(grid.num_keys)), _tiles(cols, size))
   empty_values = jnp.zeros((probe.shape[0], size, 0), probe.dtype)
 
-  def query_block(i):
-    @jax.checkpoint
-    def key_block(carry, j):
+  def query_block(args):
+    i, rows_i = args
+
+    def key_block(carry, xs):
+      j, cols_j = xs
       vis = visible(i, j)
-      return _unless_hidden(vis, lambda c: _online_step(c, logits_block(i, j), vis, empty_values), carry), None
+      if logsumexp:
+        update = lambda c: _online_step(c, tile_fn(rows_i, cols_j, shared), vis, empty_values)
+      else:
+        update = lambda c: c + jnp.sum(_visible_only(tile_fn(rows_i, cols_j, shared), vis), axis=-1)
+      return _unless_hidden(vis, update, carry), None
 
-    init = (jnp.full(probe.shape[:2], -jnp.inf, probe.dtype), jnp.zeros(probe.shape[:2], probe.dtype), empty_values)
-    return _finish(*jax.lax.scan(key_block, init, jnp.arange(grid.count(num_keys)))[0])[1]
+    if logsumexp:
+      init = (jnp.full(probe.shape[:2], -jnp.inf, probe.dtype), jnp.zeros(probe.shape[:2], probe.dtype), empty_values)
+      return _finish(*jax.lax.scan(key_block, init, col_blocks)[0])[1]
+    return jax.lax.scan(key_block, jnp.zeros(probe.shape[:2], probe.dtype), col_blocks)[0]
 
-  return from_blocks(jax.lax.map(query_block, jnp.arange(grid.count(num_queries))), num_queries)
+  rows_blocks = (jnp.arange(grid.count(grid.num_queries)), _tiles(rows, size))
+  return from_blocks(jax.lax.map(query_block, rows_blocks), grid.num_queries)
+
+
+def _visible_only(values, visible):
+  """``values`` on visible pairs, 0 elsewhere (``visible`` ``None``: all pairs)."""
+  return values if visible is None else jnp.where(visible, values, 0.0)
+
+
+def _moving(tangents):
+  """``None`` for a pytree of symbolic-zero tangents, else the tangents with zeros made concrete."""
+  leaves = jax.tree.leaves(tangents)
+  if all(isinstance(t, jax.custom_derivatives.SymbolicZero) for t in leaves):
+    return None
+  return jax.tree.map(
+      lambda t: jnp.zeros(t.shape, t.dtype) if isinstance(t, jax.custom_derivatives.SymbolicZero) else t, tangents)
+
+
+def _tile_tangent(tile_fn, moving):
+  """``(z, ż)`` of one tile: ``jax.jvp`` of ``tile_fn`` along the operands whose tangents are given (``moving``
+  marks rows, cols, shared)."""
+
+  def tangent(primals, tangents):
+    def partial(*args):
+      full, it = [], iter(args)
+      for primal, moves in zip(primals, moving):
+        full.append(next(it) if moves else primal)
+      return tile_fn(*full)
+
+    return jax.jvp(partial, tuple(p for p, m in zip(primals, moving) if m),
+                   tuple(t for t, m in zip(tangents, moving) if m))
+
+  return tangent
+
+
+def _tile_reduce_jvp(tile_fn, size, logsumexp, primals, tangents):
+  rows, cols, shared, mask = primals
+  out = _tile_reduce(tile_fn, size, logsumexp, rows, cols, shared, mask)
+  dots = tuple(_moving(t) for t in tangents[:3])
+  moving = tuple(d is not None for d in dots)
+  if not any(moving):
+    return out, jnp.zeros_like(out)
+  grid = Grid(size, _length(rows), _length(cols))
+  visible = block_visibility(mask, grid)
+  tangent = _tile_tangent(tile_fn, moving)
+  rows_dot, cols_dot, shared_dot = dots
+  col_blocks = (jnp.arange(grid.count(grid.num_keys)), _tiles(cols, size), _tiles(cols_dot, size))
+
+  def query_block(args):
+    i, rows_i, rows_dot_i, out_i = args
+
+    @jax.checkpoint
+    def key_block(carry, xs):
+      j, cols_j, cols_dot_j = xs
+      vis = visible(i, j)
+
+      def update(c):
+        values, values_dot = tangent((rows_i, cols_j, shared), (rows_dot_i, cols_dot_j, shared_dot))
+        if logsumexp:
+          shifted = values - out_i[..., None]
+          values_dot = jnp.exp(shifted if vis is None else jnp.where(vis, shifted, -jnp.inf)) * values_dot
+        return c + jnp.sum(_visible_only(values_dot, vis), axis=-1)
+
+      return _unless_hidden(vis, update, carry), None
+
+    return jax.lax.scan(key_block, jnp.zeros_like(out_i), col_blocks)[0]
+
+  rows_blocks = (jnp.arange(grid.count(grid.num_queries)), _tiles(rows, size), _tiles(rows_dot, size),
+                 to_blocks(out, size))
+  return out, from_blocks(jax.lax.map(query_block, rows_blocks), grid.num_queries)
+
+
+_tile_reduce.defjvp(_tile_reduce_jvp, symbolic_zeros=True)

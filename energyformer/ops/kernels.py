@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from energyformer.ops import chunked
 from energyformer.ops.softmax import (attention_tangent_terms, dense_attention, logits_dtype, visible_rows,
@@ -48,9 +49,34 @@ def select_kernel(implementation: str, q, v) -> str | None:
   return "cudnn" if fused else None
 
 
-def block_size(chunk_size: int | None, num_queries: int, num_keys: int) -> int | None:
-  """The block size for a (N, M) interaction: ``chunk_size``, capped at the longer sequence."""
-  return None if chunk_size is None else min(chunk_size, max(num_queries, num_keys))
+AUTO = "auto"
+AUTO_LENGTH, AUTO_BLOCK = 1024, 512
+AUTO_PAIR_LENGTH, AUTO_PAIR_BLOCK = 256, 64
+
+
+def check_chunk_size(chunk_size) -> None:
+  """Raises unless ``chunk_size`` is ``"auto"``, ``None`` (dense) or a positive integer (the block size)."""
+  if chunk_size is None or chunk_size == AUTO:
+    return
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be 'auto', None (dense) or a positive integer block size, got {chunk_size!r}; "
+                     "pass e.g. chunk_size=512, or chunk_size=None to force the dense path.")
+
+
+def block_size(chunk_size, num_queries: int, num_keys: int, per_pair: bool = False) -> int | None:
+  """The block size for a (N, M) interaction, ``None`` for the dense path.
+
+  An integer ``chunk_size`` is the block size, capped at the longer sequence; ``None`` is dense. ``"auto"`` is
+  dense while the longer sequence has fewer than ``AUTO_LENGTH`` tokens and blocks of ``AUTO_BLOCK`` from there;
+  for energies that form a vector per pair (``per_pair``: (H, N, M, Dh) where others form (H, N, M)) it is dense
+  below ``AUTO_PAIR_LENGTH`` tokens and tiles of ``AUTO_PAIR_BLOCK`` from there.
+  """
+  check_chunk_size(chunk_size)
+  longer = max(num_queries, num_keys)
+  if chunk_size == AUTO:
+    length, size = (AUTO_PAIR_LENGTH, AUTO_PAIR_BLOCK) if per_pair else (AUTO_LENGTH, AUTO_BLOCK)
+    chunk_size = None if longer < length else size
+  return None if chunk_size is None else min(chunk_size, longer)
 
 
 def fused_forward(q, k, v, mask, kernel: str):

@@ -1,0 +1,143 @@
+"""Interaction energies evaluated tile by tile against the dense path of the same energy.
+
+Every aggregator (Helmholtz, plain, discounted and gated sums) with a pairwise local energy written by a user
+(``energies.pairwise``) and one written as a function of the scores, blockwise (``chunk_size=3``: tiles that do not
+divide N = 7) and dense (``chunk_size=None``): the energy, the tied and full fields, and the gradients of a loss
+through a layer step (derivatives of derivatives, w.r.t. every weight and the tokens) are equal, under causal,
+padded and arbitrary boolean masks (the last with a row that sees no key). Float64 to 1e-10, float32 to 1e-5.
+"""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import energyformer as ef
+from energyformer import energies
+from energyformer.energies import masks
+from energyformer.ops import kernels
+
+N, D, H, DH, CHUNK = 7, 8, 2, 4, 3
+TOLERANCES = {"float32": dict(atol=1e-5, rtol=1e-5), "float64": dict(atol=1e-10, rtol=1e-10)}
+
+
+@energies.pairwise
+def user_huber(q, k):
+  r = jnp.abs(q - k)
+  return jnp.sum(jnp.where(r <= 0.5, 0.5 * r * r, 0.5 * (r - 0.25)))
+
+
+def user_elastic_scores(scores, q, k):
+  return 0.5 * jnp.sum(q * q, -1)[..., :, None] - scores + 0.5 * jnp.sum(k * k, -1)[..., None, :]
+
+
+LOCALS = {"pairwise": user_huber, "scores": user_elastic_scores}
+AGGREGATES = {
+    "helmholtz": lambda chunk: energies.Helmholtz(learnable=True, chunk_size=chunk),
+    "plain": lambda chunk: energies.PlainSum(chunk_size=chunk),
+    "discounted": lambda chunk: energies.Discounted(0.8, learnable=True, chunk_size=chunk),
+    "gated": lambda chunk: energies.Gated(chunk_size=chunk),
+}
+
+
+def _mask(kind):
+  if kind == "causal":
+    return masks.causal(N)
+  if kind == "padded":
+    return masks.combine(masks.causal(N), masks.from_lengths(jnp.array(N - 2), N))
+  visible = np.random.default_rng(1).random((N, N)) < 0.5
+  visible[2] = False  # a query that sees no key
+  return jnp.asarray(visible)
+
+
+def _layer(aggregate, local, chunk, mode):
+  return ef.Layer(energies.Interaction(D, H, DH, local=LOCALS[local], aggregate=AGGREGATES[aggregate](chunk)), "gd",
+                  mode=mode)
+
+
+def _inputs(layer, dtype):
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda spec: jnp.asarray(0.4 * rng.standard_normal(spec.shape), dtype), layer.specs(),
+                        is_leaf=lambda node: isinstance(node, energies.ParamSpec))
+  energy_params = params["energy"]
+  if "temperature" in energy_params:
+    energy_params["temperature"] = jnp.asarray([1.5, 2.5], dtype)
+  if "decay" in energy_params:
+    energy_params["decay"] = jnp.asarray([0.8, 0.6], dtype)
+  return params, jnp.asarray(rng.standard_normal((N, D)), dtype), jnp.asarray(rng.standard_normal((N, D)), dtype)
+
+
+def _derivatives(layer, params, x, target, mask):
+  """Energy, field, and the gradients of ``Σ sin(step(x)) ⊙ target`` w.r.t. the parameters and the tokens."""
+
+  def loss(p, xs):
+    out, _ = layer.step(p, layer.default_hparams(), xs, layer.init_state(xs), mask)
+    return jnp.sum(jnp.sin(out) * target)
+
+  return layer.energy_value(params, x, mask), layer.gradient(params, x, mask), jax.grad(loss, argnums=(0, 1))(params, x)
+
+
+@pytest.mark.parametrize("aggregate, local, mode, mask_kind, dtype", [
+    ("helmholtz", "pairwise", "tied", "causal", "float64"),
+    ("helmholtz", "pairwise", "full", "arbitrary", "float64"),
+    ("helmholtz", "scores", "tied", "padded", "float32"),
+    ("helmholtz", "scores", "full", "arbitrary", "float32"),
+    ("plain", "pairwise", "tied", "padded", "float64"),
+    ("discounted", "scores", "full", "causal", "float64"),
+    ("gated", "pairwise", "tied", "arbitrary", "float32"),
+])
+def test_blockwise_equals_dense(aggregate, local, mode, mask_kind, dtype):
+  mask = _mask(mask_kind)
+  with jax.enable_x64(dtype == "float64"):
+    blockwise, dense = (_layer(aggregate, local, chunk, mode) for chunk in (CHUNK, None))
+    params, x, target = _inputs(dense, dtype)
+    run = lambda layer: jax.jit(lambda *args: _derivatives(layer, *args))(params, x, target, mask)
+    chex.assert_trees_all_close(run(blockwise), run(dense), **TOLERANCES[dtype])
+
+
+def test_newton_hessian_vector_products_blockwise_equal_dense():
+  """A Newton step (Hessian-vector products of the field, context fixed) and training through it: float64."""
+  with jax.enable_x64(True):
+    layers = [ef.Layer(energies.Interaction(D, H, DH, local=user_huber, aggregate=energies.Helmholtz(chunk_size=c)),
+                       "newton", mode="tied") for c in (CHUNK, None)]
+    params, x, target = _inputs(layers[1], "float64")
+    run = lambda layer: jax.jit(lambda *args: _derivatives(layer, *args))(params, x, target, _mask("padded"))
+    chex.assert_trees_all_close(*(run(layer) for layer in layers), **TOLERANCES["float64"])
+
+
+def test_auto_chunk_size_threshold():
+  """``"auto"`` (the default of every aggregator): dense below 1024 tokens (256 for per-pair energies), blocks of
+  512 (64) from there; an integer is the block size capped at the sequence, ``None`` is dense."""
+  for aggregate in (energies.Helmholtz(), energies.PlainSum(), energies.Discounted(), energies.Gated()):
+    assert aggregate.chunk_size == "auto"
+  assert kernels.block_size("auto", 1023, 1023) is None
+  assert kernels.block_size("auto", 1024, 1) == 512
+  assert kernels.block_size("auto", 255, 255, per_pair=True) is None
+  assert kernels.block_size("auto", 256, 256, per_pair=True) == 64
+  assert kernels.block_size(100, 40, 30) == 40 and kernels.block_size(None, 10 ** 6, 10 ** 6) is None
+  interaction = energies.Interaction(D, H, DH, local=user_huber)
+  assert interaction.block_size(255, 255) is None and interaction.block_size(256, 256) == 64
+  assert energies.Interaction(D, H, DH, local=user_elastic_scores).block_size(512, 512) is None
+
+
+def test_default_pairwise_train_step_memory_is_linear():
+  """With the default aggregator a pairwise energy's train-step temp memory roughly doubles from S = 512 to 1024;
+  the dense path's (chunk_size=None) roughly quadruples from S = 256 to 512."""
+
+  def temp_bytes(chunk_size, seq):
+    aggregate = energies.Helmholtz(chunk_size=chunk_size)
+    layer = ef.Layer(energies.Interaction(D, H, DH, local=user_huber, aggregate=aggregate))
+    params, _, _ = _inputs(layer, "float32")
+    loss = lambda p, xs: jnp.sum(jnp.square(layer.step(p, layer.default_hparams(), xs, layer.init_state(xs))[0]))
+    x = jax.ShapeDtypeStruct((seq, D), jnp.float32)
+    return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile().memory_analysis().temp_size_in_bytes
+
+  assert temp_bytes("auto", 1024) < 2.5 * temp_bytes("auto", 512)
+  assert temp_bytes(None, 512) > 3.5 * temp_bytes(None, 256)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "big"])
+def test_bad_chunk_size_raises(bad):
+  for aggregate in (energies.Helmholtz, energies.PlainSum, energies.Discounted, energies.Gated):
+    with pytest.raises(ValueError, match="chunk_size.*None"):
+      aggregate(chunk_size=bad)

@@ -268,6 +268,7 @@ def _tile_reduce_jvp(tile_fn, size, logsumexp, primals, tangents):
       j, cols_j, cols_dot_j = xs
       vis = visible(i, j)
 
+      @jax.checkpoint
       def update(c):
         values, values_dot = tangent((rows_i, cols_j, shared), (rows_dot_i, cols_dot_j, shared_dot))
         if logsumexp:

@@ -151,10 +151,11 @@ def decayed_sum(energies, mask, log_gates):
 
 
 def blockwise_decayed_sum(energy_tile, q, k, mask, log_gates, size: int):
-  """``decayed_sum`` for energies given tile by tile, ``energy_tile(q_i, k_j) -> (H, size, size)``, each tile
+  """``decayed_sum`` for energies given tile by tile, ``energy_tile(q_i, k_j) -> (H, size, size)`` (``q``, ``k``:
+  pytrees of per-query and per-key operands), each tile
   weighted from the cumulative log gates of its queries and keys (``chunked.tile_reduce``)."""
   cumulative = jnp.cumsum(log_gates, axis=-1)
-  num_q, num_k = q.shape[1], k.shape[1]
+  num_q, num_k = chunked.length(q), chunked.length(k)
   rows, cols = (q, cumulative[:, :num_q]), (k, cumulative[:, :num_k])
   sums = chunked.tile_reduce(functools.partial(_decayed_tile, energy_tile), rows, cols, (),
                              _earlier(num_q, num_k, mask), size, logsumexp=False)
@@ -194,7 +195,7 @@ class Discounted(Blockwise):
 
   def blockwise_energy(self, params, energy_tile, q, k, mask, context, size: int):
     """``F`` for energies given tile by tile (``blockwise_decayed_sum``)."""
-    log_gates = _discount_log_gates(params, q.shape[0], context.shape[0])
+    log_gates = _discount_log_gates(params, params["decay"].shape[0], context.shape[0])
     return blockwise_decayed_sum(energy_tile, q, k, mask, log_gates, size)
 
 

@@ -7,7 +7,8 @@ The energy is a sum over H subspaces of dimension Dh, one per head.
 The Helmholtz inner-product form ``F = −Σ_h T_h Σ_n log Σ_m exp(q_hn·k_hm / T_h)`` (``is_softmax``) is evaluated
 through the aggregator's attention primitive (``Helmholtz.inner_product_energy``), so its derivatives reuse the
 softmax. Long sequences (``Helmholtz(chunk_size="auto")``, the default, or a block size) evaluate any local energy
-tile by tile (``chunked.tile_reduce``), pairwise ones in small tiles of pairs.
+tile by tile (``chunked.tile_reduce``), pairwise ones in small tiles of pairs, and so is the relaxed field
+(``Interaction.relaxed_field``).
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import dataclasses
 import functools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from energyformer.checks import check_positive_int
 from energyformer.energies.aggregate import Helmholtz
 from energyformer.energies.local import LocalEnergy, Pairwise, inner_product
+from energyformer.ops import chunked
 from energyformer.ops.matmul import matmul, swap
 from energyformer.energies.params import ParamSpec, normal
 
@@ -83,11 +86,34 @@ class Interaction:
     q, k = self.queries(params, x), self.keys(params, context)
     if self.is_softmax:
       return self.aggregate.inner_product_energy(params, q, k, mask)
-    size = self.block_size(q.shape[1], k.shape[1])
+    return self._aggregate_tiles(params, functools.partial(_local_tile, self.local), q, k, mask, context)
+
+  def _aggregate_tiles(self, params, energy_tile, rows, cols, mask, context):
+    """``A(E)`` for local energies ``E = energy_tile(rows, cols)`` of per-query and per-key operands (pytrees of
+    (H, N, ...) and (H, M, ...) arrays): tile by tile where ``block_size`` says so, else at once."""
+    size = self.block_size(chunked.length(rows), chunked.length(cols))
     if size is not None:
-      return self.aggregate.blockwise_energy(params, functools.partial(_local_tile, self.local), q, k, mask,
-                                               context, size)
-    return self.from_scores(params, matmul(q, swap(k)), q, k, mask, context)
+      return self.aggregate.blockwise_energy(params, energy_tile, rows, cols, mask, context, size)
+    return self.aggregate(energy_tile(rows, cols), mask, params, context)
+
+  def relaxed_field(self, params, x, mask, context):
+    """The relaxed field ``G(x) = ∂A/∂x|_s + Σ_h (∂A/∂s_h) v_h W^O_h`` (``energies.relaxed``).
+
+    Both terms are one gradient of ``F̃(z, u) = A(local(q·k + u·v, z W^Q, k))`` at ``z = x``, ``u = 0``, the
+    scores' queries ``q = x W^Q`` held: ``∂F̃/∂z = ∂A/∂x|_s`` and ``∂F̃/∂u_hn = Σ_m (∂A/∂s_hnm) v_hm``, so the
+    field is evaluated like the energy (tile by tile for long sequences) and its derivatives are exact. The
+    Helmholtz inner-product energy takes its closed form ``−Σ_h (Σ_m p_hnm v_hm) W^O_h``.
+    """
+    q, k, v = self.queries(params, x), self.keys(params, context), self.value_vectors(params, context)
+    if self.is_softmax:
+      return -self.output(params, self.aggregate.attention(params, q, k, v, mask)[0])
+
+    def probe(z, u):
+      rows = (q, self.queries(params, z), u)
+      return self._aggregate_tiles(params, functools.partial(_relaxed_tile, self.local), rows, (k, v), mask, context)
+
+    direct, attended = jax.grad(probe, argnums=(0, 1))(x, jnp.zeros(q.shape[:2] + v.shape[-1:], v.dtype))
+    return direct + self.output(params, attended)
 
   def block_size(self, num_queries: int, num_keys: int) -> int | None:
     """The aggregator's block size for this local energy (``None``: dense), for aggregators evaluated blockwise."""
@@ -119,3 +145,9 @@ class Interaction:
 def _local_tile(local, q, k):
   """``local(q·k, q, k)`` of one tile: (H, size, size) local energies of a block of queries and one of keys."""
   return local(matmul(q, swap(k)), q, k)
+
+
+def _relaxed_tile(local, rows, cols):
+  """``local(q_s·k + u·v, q, k)`` of one tile (``Interaction.relaxed_field``)."""
+  (score_queries, q, u), (k, v) = rows, cols
+  return local(matmul(score_queries, swap(k)) + matmul(u, swap(v)), q, k)

@@ -158,7 +158,7 @@ def attention_tangent(q, k, v, mask, out, lse, q_dot, k_dot, v_dot, size: int):
   return from_blocks(out_dot, num_queries).astype(out.dtype), from_blocks(lse_dot, num_queries).astype(lse.dtype)
 
 
-def _length(operands) -> int:
+def length(operands) -> int:
   """The sequence length (axis 1) shared by the (H, N, ...) arrays of a pytree."""
   return jax.tree.leaves(operands)[0].shape[1]
 
@@ -189,7 +189,7 @@ def tile_reduce(tile_fn, rows, cols, shared, mask, size: int, logsumexp: bool):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
 def _tile_reduce(tile_fn, size, logsumexp, rows, cols, shared, mask):
-  grid = Grid(size, _length(rows), _length(cols))
+  grid = Grid(size, length(rows), length(cols))
   visible = block_visibility(mask, grid)
   probe = jax.eval_shape(tile_fn, *(jax.tree.map(lambda a: a[0], _tiles(x, size)) for x in (rows, cols)), shared)
   col_blocks = (jnp.arange(grid.count(grid.num_keys)), _tiles(cols, size))
@@ -254,7 +254,7 @@ def _tile_reduce_jvp(tile_fn, size, logsumexp, primals, tangents):
   moving = tuple(d is not None for d in dots)
   if not any(moving):
     return out, jnp.zeros_like(out)
-  grid = Grid(size, _length(rows), _length(cols))
+  grid = Grid(size, length(rows), length(cols))
   visible = block_visibility(mask, grid)
   tangent = _tile_tangent(tile_fn, moving)
   rows_dot, cols_dot, shared_dot = dots

@@ -141,3 +141,35 @@ def test_bad_chunk_size_raises(bad):
   for aggregate in (energies.Helmholtz, energies.PlainSum, energies.Discounted, energies.Gated):
     with pytest.raises(ValueError, match="chunk_size.*None"):
       aggregate(chunk_size=bad)
+
+
+def _relaxed_reference(energy, params, x, mask):
+  """``∂A/∂x|_s + Σ_h (∂A/∂s_h) v_h W^O_h`` through the dense (H, N, N) scores, written out."""
+  q = jnp.einsum("nd,dhk->hnk", x, params["query"])
+  k = jnp.einsum("md,dhk->hmk", x, params["key"])
+  v = jnp.einsum("md,dhk->hmk", x, params["value"])
+  energy_of = lambda s, z: energy.aggregate(energy.local(s, jnp.einsum("nd,dhk->hnk", z, params["query"]), k),
+                                            mask, params, x)
+  score_grad, direct = jax.grad(energy_of, argnums=(0, 1))(jnp.einsum("hnk,hmk->hnm", q, k), x)
+  return direct + jnp.einsum("hnm,hmk,hkd->nd", score_grad, v, params["output"])
+
+
+@pytest.mark.parametrize("aggregate, dtype", [("helmholtz", "float64"), ("gated", "float64"), ("plain", "float32")])
+def test_relaxed_field_blockwise_equals_dense_reference(aggregate, dtype):
+  """``Interaction.relaxed_field`` tile by tile (and dense) equals the relaxed field written out through dense scores,
+  and so do the gradients of a loss through ``x − G(x)`` w.r.t. the weights and the tokens (arbitrary mask)."""
+  mask = _mask("arbitrary")
+  with jax.enable_x64(dtype == "float64"):
+    energies_ = [energies.Interaction(D, H, DH, local=user_elastic_scores, aggregate=AGGREGATES[aggregate](chunk),
+                                      values=True) for chunk in (CHUNK, None)]
+    params, x, target = _inputs(ef.Layer(energies_[1]), dtype)
+    params = params["energy"]
+
+    def check(field):
+      loss = lambda p, xs: jnp.sum(jnp.sin(xs - field(p, xs)) * target)
+      return jax.jit(lambda p, xs: (field(p, xs), jax.grad(loss, argnums=(0, 1))(p, xs)))(params, x)
+
+    reference = check(lambda p, xs: _relaxed_reference(energies_[0], p, xs, mask))
+    for energy in energies_:
+      chex.assert_trees_all_close(check(lambda p, xs: energy.relaxed_field(p, xs, mask, xs)), reference,
+                                  **TOLERANCES[dtype])

@@ -6,4 +6,5 @@ from energyformer.energies.base import EnergySum, FunctionEnergy, energy
 from energyformer.energies.lagrangians import LayerNormLagrangian, RMSLagrangian, activation
 from energyformer.energies.local import elastic, huber, inner_product, lp, pairwise, quadratic
 from energyformer.energies.memory import HopfieldLogSumExp, HopfieldReLU2, Potential
+from energyformer.energies.relaxed import ScoreEnergy, has_relaxed_form
 from energyformer.energies.params import ParamSpec, constant, init_params, normal, param_axes, param_trainable

@@ -1,4 +1,8 @@
-"""Boolean interaction masks of shape (N, M): ``mask[n, m]`` is True where query token n may see context token m."""
+"""Boolean interaction masks of shape (N, M): ``mask[n, m]`` is True where query token n may see context token m.
+
+Masks are boolean, never additive: layers and ``combine`` refuse other dtypes (``check_boolean``), since an additive
+float mask (0 where visible, −inf where hidden) read as "non-zero = visible" would invert it.
+"""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -32,9 +36,21 @@ def from_adjacency(adjacency):
   return jnp.asarray(adjacency) != 0
 
 
+def check_boolean(mask, name: str = "mask") -> None:
+  """Raises a ``TypeError`` unless ``mask`` is ``None`` or a boolean array, saying how to convert other masks."""
+  if mask is None or jnp.result_type(mask) == jnp.bool_:
+    return
+  raise TypeError(
+      f"{name} must be a boolean array (True where query n may see key m), got dtype {jnp.result_type(mask)}. "
+      "Convert an additive mask (0 where visible, -inf where hidden) with `mask = additive == 0`, a 0/1 mask "
+      "(1 where visible) with `mask = weights != 0`; or build it with energyformer.energies.masks.")
+
+
 def combine(*masks):
-  """Logical AND of the given masks, skipping ``None``; ``None`` when all are ``None``."""
-  present = [jnp.asarray(m, bool) for m in masks if m is not None]
+  """Logical AND of the given boolean masks, skipping ``None``; ``None`` when all are ``None``."""
+  for i, m in enumerate(masks):
+    check_boolean(m, f"combine's mask {i}")
+  present = [jnp.asarray(m) for m in masks if m is not None]
   if not present:
     return None
   out = present[0]

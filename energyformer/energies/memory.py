@@ -47,7 +47,6 @@ def _gelu(h):
   return jax.nn.gelu(h.astype(jnp.promote_types(h.dtype, jnp.float32)), approximate=False).astype(h.dtype)
 
 
-ACTIVATIONS = {"relu": jax.nn.relu, "gelu": _gelu}
 POTENTIALS = {"relu": _with_derivative(_relu_potential, jax.nn.relu), "gelu": _with_derivative(_gelu_potential, _gelu)}
 
 
@@ -55,9 +54,9 @@ POTENTIALS = {"relu": _with_derivative(_relu_potential, jax.nn.relu), "gelu": _w
 class Potential:
   """Element-wise potential energy ``E = −Σ_n Σ_μ Φ(ξ_μ·x_n + b_μ)`` with ``Φ' = σ`` (ReLU or exact GELU).
 
-  ``−∇E = ξᵀ σ(ξ x + b)``: a tied-weight MLP. With ``values=True`` the relaxed derivation keeps the hidden
-  activations ``σ(h)`` and projects them with an independent ``W^out`` (M, D): ``−G = σ(h) W^out``, the
-  standard two-layer MLP.
+  ``−∇E = ξᵀ σ(ξ x + b)``: a tied-weight MLP. It is a ``ScoreEnergy`` of the scores ``h = ξ x + b``: with
+  ``values=True`` the relaxed derivation keeps the hidden activations ``σ(h) = −∂E/∂h`` and projects them with an
+  independent ``W^out`` (M, D): ``−G = σ(h) W^out``, the standard two-layer MLP.
   """
 
   dim: int
@@ -81,17 +80,21 @@ class Potential:
       specs["output"] = ParamSpec((self.num_memories, self.dim), ("mlp", "embed"), normal(self.num_memories ** -0.5))
     return specs
 
-  def hidden(self, params, x):
-    """Pre-activations ``h = x ξᵀ + b`` of shape (N, M)."""
+  def scores(self, params, x, context=None):
+    """Pre-activations ``h = x ξᵀ + b`` of shape (N, M): the scores of the tokens against the memories."""
     h = x @ params["memories"].T
     return h + params["bias"] if self.bias else h
 
-  def __call__(self, params, x, context=None, mask=None):
-    return -jnp.sum(POTENTIALS[self.activation](self.hidden(params, x)))
+  def energy_of_scores(self, params, scores, x=None, context=None, mask=None):
+    """``E = −Σ Φ(h)`` at pre-activations ``h``; ``∂E/∂h = −σ(h)`` (``ScoreEnergy``)."""
+    return -jnp.sum(POTENTIALS[self.activation](scores))
 
-  def relaxed_gradient(self, params, x, mask=None):
-    """``G = (∂E/∂h) W^out = −σ(h) W^out``."""
-    return -ACTIVATIONS[self.activation](self.hidden(params, x)) @ params["output"]
+  def values_out(self, params, weights, context=None):
+    """``w W^out`` (N, D) for weights ``w`` (N, M): the relaxed field ``−σ(h) W^out`` at ``w = ∂E/∂h``."""
+    return weights @ params["output"]
+
+  def __call__(self, params, x, context=None, mask=None):
+    return self.energy_of_scores(params, self.scores(params, x))
 
 
 def HopfieldReLU2(dim: int, num_memories: int) -> Potential:

@@ -9,15 +9,17 @@ Three derivations of the field ``G(x)`` a layer's solver descends:
   scores ``s = q·k``, ``G(x) = ∂A/∂x|_s + Σ_h (∂A/∂s_h) v_h W^O_h``. The attention weights ``−∂A/∂s`` are exact;
   the tied values ``k W^Qᵀ`` are replaced by independent projections. On the Helmholtz inner-product energy,
   ``x − G(x)`` is standard multi-head attention plus residual. A ``Potential`` energy ``−Σ Φ(ξ x + b)`` relaxes
-  the same way: hidden activations ``σ(h)`` with an independent output projection, the standard MLP.
+  the same way: hidden activations ``σ(h)`` with an independent output projection, the standard MLP. An energy
+  takes this mode by declaring its relaxed form (``energies.ScoreEnergy``), as both of those do.
 
 With a Lagrangian ``L`` the field is taken with respect to the activations ``g = ∇L(x)``:
 ``G(x) = ∂E/∂g |_{g = ∇L(x)}`` (the Energy Transformer's ``τ dx/dt = −∂E/∂g``).
 
 Known energies take a closed form instead of ``jax.grad``: on the Helmholtz inner-product energy
 (``Interaction.is_softmax``) the tied field is ``−Σ_h (Σ_m p_hnm k_hm) W^Q_hᵀ`` and the relaxed one
-``−Σ_h (Σ_m p_hnm v_hm) W^O_h``, both one softmax-attention pass of the aggregator (dense, chunked or a fused
-kernel) whose derivatives of every order are exact. Any other energy, a user's own included, takes ``jax.grad``.
+(``Interaction.relaxed_field``) ``−Σ_h (Σ_m p_hnm v_hm) W^O_h``, both one softmax-attention pass of the
+aggregator (dense, chunked or a fused kernel) whose derivatives of every order are exact. Any other energy, a
+user's own included, takes ``jax.grad`` (of the energy, or of its relaxed form's ``energy_of_scores``).
 """
 from __future__ import annotations
 
@@ -28,9 +30,11 @@ import jax
 import jax.numpy as jnp
 
 from energyformer import solvers as solver_lib
+from energyformer.energies import masks
 from energyformer.energies.attention import Interaction
 from energyformer.energies.base import EnergySum
 from energyformer.energies.lagrangians import activation
+from energyformer.energies.relaxed import ScoreEnergy, has_relaxed_form
 
 MODES = ("tied", "full", "relaxed")
 
@@ -57,13 +61,6 @@ def _softmax_tied(energy: Interaction, params, x, mask, context):
   return -jnp.einsum("hnk,dhk->nd", attended, params["query"])
 
 
-def _softmax_relaxed(energy: Interaction, params, x, mask, context):
-  """``−Σ_h (Σ_m p_hnm v_hm) W^O_h``: standard multi-head attention, as ``x − G`` steps along it."""
-  attended, _ = energy.aggregate.attention(params, energy.queries(params, x), energy.keys(params, context),
-                                           energy.value_vectors(params, context), mask)
-  return -energy.output(params, attended)
-
-
 def tied_gradient(energy, params, x, mask, context=None):
   """``∂F(z; c)/∂z`` at ``z = x`` with the context ``c`` held constant (``c = x`` unless given)."""
   context = x if context is None else context
@@ -81,33 +78,57 @@ def full_gradient(energy, params, x, mask, context=None):
   return jax.grad(lambda z: checked_energy_value(energy, params, z, z, mask))(x)
 
 
-def _relaxed_interaction(energy: Interaction, params, x, mask, context):
-  _, k, scores = energy.project(params, x, context)
+def score_relaxed_field(energy, params, x, mask, context):
+  """``G(x) = ∂A/∂x|_s + values_out(∂A/∂s)`` for a ``ScoreEnergy`` ``F = A(s, x)``, by ``jax.grad`` of
+  ``energy_of_scores`` at ``s = scores(x, c)`` with the context held constant."""
+  scores = energy.scores(params, x, context)
 
   def energy_of_scores(s, z):
-    return energy.from_scores(params, s, energy.queries(params, z), k, mask, context)
+    return energy.energy_of_scores(params, s, z, context, mask)
 
   score_grad, direct_grad = jax.grad(energy_of_scores, argnums=(0, 1))(scores, x)
   return direct_grad + energy.values_out(params, score_grad, context)
 
 
-def relaxed_gradient(energy, params, x, mask, context=None):
-  """The relaxed field (module docstring): terms built with ``values=True`` untied, all other terms exact."""
-  context = x if context is None else context
-  if isinstance(energy, Interaction) and energy.values:
-    relaxed = _softmax_relaxed if energy.is_softmax else _relaxed_interaction
-    return relaxed(energy, params, x, mask, context)
-  if isinstance(energy, EnergySum):
-    return sum(relaxed_gradient(term, params[name], x, mask, context) for name, term in energy.terms.items())
-  if getattr(energy, "values", False) and hasattr(energy, "relaxed_gradient"):
-    return energy.relaxed_gradient(params, x, mask)
+def _relaxed_term(energy, params, x, mask, context):
+  """A term's share of the relaxed field: relaxed if it declares a relaxed form, else its exact tied field."""
+  if isinstance(energy, EnergySum) or has_relaxed_form(energy):
+    return relaxed_gradient(energy, params, x, mask, context)
   return tied_gradient(energy, params, x, mask, context)
 
 
-def _has_values(energy) -> bool:
+def relaxed_gradient(energy, params, x, mask, context=None):
+  """The relaxed field (module docstring) of an energy declaring its relaxed form (``energies.ScoreEnergy`` with
+  ``values=True``); in an ``EnergySum`` the terms without one take their exact tied field. The energy's own
+  ``relaxed_field`` (``Interaction``'s: closed form or tile by tile) replaces the generic ``score_relaxed_field``
+  where present."""
+  context = x if context is None else context
   if isinstance(energy, EnergySum):
-    return any(_has_values(term) for term in energy.terms.values())
-  return bool(getattr(energy, "values", False))
+    return sum(_relaxed_term(term, params[name], x, mask, context) for name, term in energy.terms.items())
+  if not has_relaxed_form(energy):
+    raise relaxed_form_error(energy)
+  if hasattr(energy, "relaxed_field"):
+    return energy.relaxed_field(params, x, mask, context)
+  return score_relaxed_field(energy, params, x, mask, context)
+
+
+def relaxed_form_error(energy) -> Exception:
+  """The error for ``mode="relaxed"`` on an energy without a relaxed form, saying how to declare one."""
+  if isinstance(energy, ScoreEnergy):
+    return ValueError(f"mode='relaxed' needs the value/output projections of {_name(energy)}: build it with "
+                      "values=True, or use mode='tied'.")
+  return TypeError(
+      f"mode='relaxed' needs an energy that declares its relaxed form, and {_name(energy)} does not. Declare it by "
+      "implementing energyformer.energies.ScoreEnergy: values=True, scores(params, x, context) -> s, "
+      "energy_of_scores(params, s, x, context, mask) -> scalar and values_out(params, weights, context) -> (N, D) "
+      "(README, 'Extending energyformer'); or build an Interaction or Potential with values=True; or use "
+      "mode='tied'.")
+
+
+def _relaxes(energy) -> bool:
+  if isinstance(energy, EnergySum):
+    return any(_relaxes(term) for term in energy.terms.values())
+  return has_relaxed_form(energy)
 
 
 _FIELDS = {"tied": tied_gradient, "full": full_gradient, "relaxed": relaxed_gradient}
@@ -130,9 +151,8 @@ class Layer:
     object.__setattr__(self, "solver", solver_lib.as_solver(self.solver, "Layer(solver=...)"))
     if self.mode not in MODES:
       raise ValueError(f"unknown derivation mode {self.mode!r}; choose one of {MODES}.")
-    if self.mode == "relaxed" and not _has_values(self.energy):
-      raise ValueError("mode='relaxed' needs an energy built with values=True (an Interaction or Potential that owns "
-                       "the value/output projections replacing the tied ones); use mode='tied' otherwise.")
+    if self.mode == "relaxed" and not _relaxes(self.energy):
+      raise relaxed_form_error(self.energy)
     if not callable(self.energy) or not hasattr(self.energy, "specs"):
       raise TypeError(f"energy must be callable as energy(params, x, context, mask) and declare specs(), got "
                       f"{type(self.energy).__name__}; wrap a plain function with energyformer.energies.energy(fn).")
@@ -150,11 +170,13 @@ class Layer:
 
   def energy_value(self, params, x, mask=None):
     """``E(g; g)`` at ``g = ∇L(x)`` (or ``F(x; x)``)."""
+    masks.check_boolean(mask)
     g = self.activations(params, x)
     return checked_energy_value(self.energy, params["energy"], g, g, mask)
 
   def gradient(self, params, x, mask=None, context=None):
     """The field ``G(x)`` the solver descends (module docstring); ``context`` fixes the keys' tokens."""
+    masks.check_boolean(mask)
     return _FIELDS[self.mode](self.energy, params["energy"], self.activations(params, x), mask, context)
 
   def init_state(self, x):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from energyformer.checks import check_mask, check_positive_int, check_tokens
+from energyformer.energies import masks
 from energyformer.energies.base import EnergySum
 from energyformer.energies.params import ParamSpec, init_params
 from energyformer.layers.split import Split
@@ -134,6 +135,7 @@ class EnergyStack(nnx.Module):
       check_tokens(x, dim)
     batch_shape = tuple(jnp.shape(x)[:-2])
     check_mask(mask, x.shape[-2], x.shape[-2], batch_shape)
+    masks.check_boolean(mask)
     run = functools.partial(unroll, self.layer, unwrap(self.params), unwrap(self.hparams), num_steps=self.depth,
                             stacked_params=not self.shared, stacked_hparams=self.stacked_hparams,
                             record_energy=record_energy, remat=self.remat, scan_unroll=self.scan_unroll)

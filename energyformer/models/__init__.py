@@ -2,8 +2,6 @@
 from energyformer.models import variants
 from energyformer.models.gpt import GPT, MLPS, GPTConfig, attention_hparams, attention_layer, block, generate
 from energyformer.models.variants import Variant
-
-VARIANTS = variants.names()  # the built-in variants
 from energyformer.models.energy_transformer import MEMORIES, EnergyTransformer, ETConfig, et_energy, et_layer, et_mask
 from energyformer.models.graph_nodes import GraphNodeClassifier, edge_mask
 from energyformer.models.image_completion import (MASKINGS, ImageCompletion, ImageConfig, Masking, masked_rmse,

@@ -36,8 +36,7 @@ class GPTConfig:
 
   ``variant``: a registered attention variant (``variants.names()``). ``hparams``: values of the variant's solver
   hyperparameters that differ from its defaults, ``{name: value}`` with names from
-  ``variants.get(variant).solver.hyperparameters`` (stored as sorted pairs); ``eta`` and ``beta``, when given,
-  set the hyperparameters of those names. ``temperature`` is the Helmholtz temperature of the variant's energy
+  ``variants.get(variant).solver.hyperparameters`` (stored as sorted pairs). ``temperature`` is the Helmholtz temperature of the variant's energy
   (default ``√head_dim``, standard attention); variants without a Helmholtz aggregator refuse it.
   ``mlp``: ``"plain"`` is the standard MLP (the relaxed step on a GELU potential: untied output projection),
   ``"potential"`` the exact gradient step on that potential (tied weights), ``"none"`` attention only.
@@ -56,8 +55,6 @@ class GPTConfig:
   variant: str = "standard"
   mlp: str = "plain"
   hparams: tuple[tuple[str, float], ...] = ()
-  eta: float | None = None
-  beta: float | None = None
   temperature: float | None = None
   splitting: str = "lie_trotter"
   tie_embeddings: bool = True
@@ -79,11 +76,9 @@ class GPTConfig:
 
 
 def attention_hparams(config: GPTConfig) -> dict:
-  """The attention solver's hyperparameters: the variant's defaults updated by ``config.hparams``, ``eta``,
-  ``beta`` (checked against the solver's ranges; an unknown name raises)."""
-  overrides = dict(config.hparams)
-  overrides.update({name: getattr(config, name) for name in ("eta", "beta") if getattr(config, name) is not None})
-  return variants.get(config.variant).solver.hparams(**overrides)
+  """The attention solver's hyperparameters: the variant's defaults updated by ``config.hparams`` (checked against
+  the solver's ranges; an unknown name raises)."""
+  return variants.get(config.variant).solver.hparams(**dict(config.hparams))
 
 
 def attention_layer(config: GPTConfig) -> Layer:

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from energyformer.energies import masks
-from energyformer.models import GPT, VARIANTS, GPTConfig, generate
+from energyformer.models import GPT, GPTConfig, generate, variants
 
 TINY = dict(vocab_size=11, context_length=8, dim=16, num_heads=2, head_dim=8, depth=2, mlp_hidden=32)
 
@@ -15,7 +15,7 @@ def _model(variant, **overrides):
   return GPT(GPTConfig(**{**TINY, "variant": variant, **overrides}), rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", variants.names())
 def test_blocks_are_causal(variant):
   """d(block output at t)/d(input at s) is exactly zero for every s > t, and non-zero for some s ≤ t."""
   model = _model(variant)
@@ -43,7 +43,7 @@ def test_unrolled_depth_loop_gives_the_same_logits():
   assert jnp.allclose(scanned, unrolled, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", variants.names())
 def test_every_variant_trains(variant):
   """Twelve Adam steps on a fixed batch lower the next-token loss."""
   model = _model(variant)
@@ -93,7 +93,8 @@ def test_sampling_is_seeded_and_temperature_matters():
 @pytest.mark.parametrize("options, message", [
     (dict(variant="flash"), "variant"),
     (dict(mlp="moe"), "mlp"),
-    (dict(beta=1.0), "beta"),
+    (dict(variant="momentum", hparams={"beta": 1.0}), "beta"),
+    (dict(hparams={"beta": 0.5}), "beta"),
     (dict(depth=0), "depth"),
     (dict(variant="linear", temperature=2.0), "temperature"),
 ])

@@ -5,7 +5,7 @@ over a grid, ``--steps-per-call`` training steps per call of the compiled progra
 
 * alone: one member at a time (``chunk_size = 1``: a single-member program run P times), on one device;
 * vmapped: the whole population as one vmapped program (``chunk_size = P``) on one device;
-* vmapped over N devices: the same program with the population axis laid over ``population_mesh(N)``. On a CPU
+* vmapped over N devices: the same program with the members split over the mesh's ``population`` axis. On a CPU
   host the CPU is split into N devices (``use_cpu_devices``, default one per core): a small model's operations
   run mostly on one core, so this is how a population uses all of them.
 
@@ -30,34 +30,32 @@ from energyformer.train import mesh as mesh_lib
 
 
 def _members(size: int) -> list[dict]:
-  return [{"variant": "momentum", "learning_rate": 1e-3 * (1 + i % 4), "beta": 0.1 * (i % 8), "seed": i,
-           "data_seed": i} for i in range(size)]
+  return [{"variant": "momentum", "learning_rate": 1e-3 * (1 + i % 4), "beta": 0.1 * (i % 8), "seed": i}
+          for i in range(size)]
 
 
-def _timed(task, members, config, mesh) -> tuple[float, float]:
+def _timed(task, members, config, chunk_size: int) -> tuple[float, float]:
   """(median step seconds, wall seconds) of one run."""
-  from energyformer.train import sweep
+  from energyformer.train import population
   began = time.perf_counter()
-  results = sweep.train_population(task, members, config, mesh=mesh, mesh_axis=None if mesh is None else "population")
+  results = population.train_population(task, members, config, chunk_size=chunk_size)
   return results[0]["seconds_per_step"], time.perf_counter() - began
 
 
 def measure(model: str, size: int, steps: int, steps_per_call: int, devices: int, repeats: int) -> dict:
   from energyformer.studies import lis
-  from energyformer.train import sweep
-  study = lis.PRESETS[model]
+  study = dataclasses.replace(lis.PRESETS[model], steps=steps, eval_every=steps, steps_per_call=steps_per_call,
+                              warmup_steps=min(lis.PRESETS[model].warmup_steps, steps // 10))
   task = lis.LISTask(study)
-  config = dataclasses.replace(study.sweep_config(), steps=steps, eval_every=steps, steps_per_call=steps_per_call)
   members = _members(size)
-  ways = {"alone": (dataclasses.replace(config, chunk_size=1), None),
-          "vmapped": (dataclasses.replace(config, chunk_size=size), None),
-          "devices": (dataclasses.replace(config, chunk_size=size), sweep.population_mesh(devices))}
-  for way_config, way_mesh in ways.values():
-    _timed(task, members, way_config, way_mesh)
+  ways = {"alone": (study.trainer_config(), 1), "vmapped": (study.trainer_config(), size),
+          "devices": (study.trainer_config(devices), size)}
+  for way_config, chunk_size in ways.values():
+    _timed(task, members, way_config, chunk_size)
   times = {name: [] for name in ways}
   for _ in range(repeats):
-    for name, (way_config, way_mesh) in ways.items():
-      times[name].append(_timed(task, members, way_config, way_mesh))
+    for name, (way_config, chunk_size) in ways.items():
+      times[name].append(_timed(task, members, way_config, chunk_size))
   step = {name: float(np.median([t[0] for t in runs])) for name, runs in times.items()}
   wall = {name: float(np.median([t[1] for t in runs])) for name, runs in times.items()}
   return {"model": model, "members": size, "step_ms": {k: 1e3 * v for k, v in step.items()},

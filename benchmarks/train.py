@@ -29,51 +29,62 @@ import time
 import jax
 import numpy as np
 
-from energyformer.data.text import text_dataset
+from energyformer.studies.pretrain import parameter_count, presets
 from energyformer.train.checkpoint import CheckpointConfig, Checkpointer
 from energyformer.train.config import to_dict
 from energyformer.train.mesh import PRESETS as MESHES, make_mesh
-from energyformer.train.pretrain import PRESETS, parameter_count
+from energyformer.train.optim import hyperparameters
 from energyformer.train.programs import programs
+from energyformer.train.sharding import batch_sharding
+from energyformer.train.task import PopulationBatches
 
 # Dense bfloat16 peak FLOP/s by device kind (vendor figures).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
               "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12}
 
 
+class _Position:
+  """A data position to checkpoint alongside the state (what a text iterator saves)."""
+
+  def get_state(self):
+    return {"position": 0}
+
+
 def _batch(config, sharding, rng):
-  tokens = rng.integers(0, 256, (config.batch_size, config.data.sequence_length + 1), dtype=np.int32)
-  return {"tokens": jax.device_put(tokens, sharding)}
+  shape = (1, 1, config.trainer.batch_size, config.task.data.sequence_length + 1)
+  return {"tokens": jax.device_put(rng.integers(0, 256, shape, dtype=np.int32), sharding)}
 
 
 def time_steps(config, mesh, steps: int):
-  """Median seconds per training step of ``config`` on ``mesh`` (compilation and first step excluded), and the
-  final state."""
-  compiled = programs(config, mesh)
+  """Median seconds per training step of ``config`` (a ``Pretraining``) on ``mesh`` (compilation and first step
+  excluded), and the final state."""
+  compiled = programs(config.task, (), config.trainer, mesh)
   rng = np.random.default_rng(0)
+  sharding = batch_sharding(mesh, config.trainer.mesh.rules, leading=(None, "population"))
+  hparams, seeds = hyperparameters(config.trainer.optimizer, [{}]), np.zeros(1, np.uint32)
+  state, opt_state = compiled.init([{}])
   with jax.set_mesh(mesh):
-    params, opt_state = compiled.init()
-    params, opt_state, metrics = compiled.step(params, opt_state, _batch(config, compiled.batch_sharding, rng))
+    state, opt_state, metrics = compiled.steps(state, opt_state, _batch(config, sharding, rng), hparams, seeds, 0)
     jax.block_until_ready(metrics)
     times = []
-    for _ in range(steps):
-      batch = _batch(config, compiled.batch_sharding, rng)
+    for step in range(1, steps + 1):
+      batch = _batch(config, sharding, rng)
       began = time.perf_counter()
-      params, opt_state, metrics = compiled.step(params, opt_state, batch)
+      state, opt_state, metrics = compiled.steps(state, opt_state, batch, hparams, seeds, step)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - began)
-  return float(np.median(times)), params, opt_state
+  return float(np.median(times)), state, opt_state
 
 
-def time_checkpoint(config, params, opt_state, repeats: int = 3) -> tuple[float, float]:
+def time_checkpoint(config, state, opt_state, repeats: int = 3) -> tuple[float, float]:
   """Median (seconds ``save`` blocks, seconds until the checkpoint is complete) of asynchronous saves."""
-  iterator = iter(text_dataset([{"text": b"checkpoint benchmark " * 64}], config.data, batch_size=1, seed=0))
+  iterator = PopulationBatches([_Position()], 1)
   blocking, complete = [], []
   with tempfile.TemporaryDirectory() as directory:
     checkpointer = Checkpointer(directory, CheckpointConfig(every=1, keep=1))
     for step in range(1, repeats + 1):
       began = time.perf_counter()
-      checkpointer.save(step, params, opt_state, iterator, to_dict(config))
+      checkpointer.save(step, state, opt_state, iterator, {"config": to_dict(config)})
       blocking.append(time.perf_counter() - began)
       checkpointer.wait()
       complete.append(time.perf_counter() - began)
@@ -83,8 +94,8 @@ def time_checkpoint(config, params, opt_state, repeats: int = 3) -> tuple[float,
 
 def flops_per_token(config) -> float:
   """``6·N + 12·L·T·d``: forward and backward matrix FLOPs of the weights plus attention scores and mixing."""
-  model = config.model
-  return 6 * parameter_count(model) + 12 * model.depth * config.data.sequence_length * model.dim
+  model = config.task.model
+  return 6 * parameter_count(model) + 12 * model.depth * config.task.data.sequence_length * model.dim
 
 
 def peak_flops(device) -> float | None:
@@ -98,16 +109,17 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--batch-size", type=int, default=16)
   args = parser.parse_args()
-  config = dataclasses.replace(PRESETS[args.model], batch_size=args.batch_size)
+  preset = presets()[args.model]
+  config = dataclasses.replace(preset, trainer=dataclasses.replace(preset.trainer, batch_size=args.batch_size))
   device = jax.devices()[0]
   print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; {jax.device_count()} {device.platform} devices "
-        f"({device.device_kind}); model {args.model} ({parameter_count(config.model) / 1e6:.2f}M parameters), "
-        f"batch {config.batch_size} x {config.data.sequence_length}")
+        f"({device.device_kind}); model {args.model} ({parameter_count(config.task.model) / 1e6:.2f}M parameters), "
+        f"batch {config.trainer.batch_size} x {config.task.data.sequence_length}")
   print(f"\n{'mesh':8s} {'shape':>9s} {'ms/step':>9s} {'vs 1 device':>12s}")
   single = None
   for name in ("single", "data", "fsdp", "fsdp_tp"):
     mesh = make_mesh(MESHES[name])
-    seconds, params, opt_state = time_steps(dataclasses.replace(config, mesh=MESHES[name]), mesh, args.steps)
+    seconds, params, opt_state = time_steps(_on(config, MESHES[name]), mesh, args.steps)
     if single is None:
       single, state = seconds, (params, opt_state)
     shape = "x".join(str(mesh.shape[a]) for a in mesh.axis_names)
@@ -118,13 +130,19 @@ def main() -> None:
   if device.platform == "cpu":
     print("\nno GPU or TPU: skipping the gpt2-124m tokens/s and MFU measurement")
     return
-  big = dataclasses.replace(PRESETS["gpt2-124m"], batch_size=16 * jax.device_count())
-  seconds, _, _ = time_steps(dataclasses.replace(big, mesh=MESHES["fsdp"]), make_mesh(MESHES["fsdp"]), args.steps)
+  big = presets()["gpt2-124m"]
+  big = dataclasses.replace(big, trainer=dataclasses.replace(big.trainer, batch_size=16 * jax.device_count()))
+  seconds, _, _ = time_steps(_on(big, MESHES["fsdp"]), make_mesh(MESHES["fsdp"]), args.steps)
   tokens = big.tokens_per_step / seconds
   peak = peak_flops(device)
   mfu = f"{tokens * flops_per_token(big) / (peak * jax.device_count()):.1%}" if peak else "unknown peak for this device"
-  print(f"\ngpt2-124m, bf16, fsdp over {jax.device_count()} devices, batch {big.batch_size} x "
-        f"{big.data.sequence_length}: {1e3 * seconds:.0f} ms/step, {tokens:,.0f} tokens/s, MFU {mfu}")
+  print(f"\ngpt2-124m, bf16, fsdp over {jax.device_count()} devices, batch {big.trainer.batch_size} x "
+        f"{big.task.data.sequence_length}: {1e3 * seconds:.0f} ms/step, {tokens:,.0f} tokens/s, MFU {mfu}")
+
+
+def _on(config, mesh_config):
+  """``config`` trained on the mesh ``mesh_config``."""
+  return dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, mesh=mesh_config))
 
 
 if __name__ == "__main__":

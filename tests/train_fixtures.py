@@ -8,8 +8,9 @@ import numpy as np
 
 from energyformer.data.text import TextDataConfig
 from energyformer.models import GPTConfig
+from energyformer.studies.pretrain import Pretraining, TextTask
 from energyformer.train.checkpoint import CheckpointConfig
-from energyformer.train.config import TrainConfig
+from energyformer.train.config import TrainerConfig
 from energyformer.train.mesh import MeshConfig
 from energyformer.train.optim import OptimizerConfig
 
@@ -30,17 +31,16 @@ def write_corpus(directory, num_files: int = 40, seed: int = 0) -> pathlib.Path:
 
 
 def tiny_config(corpus, data_dir, *, mesh: MeshConfig = MeshConfig(1, 1, 1), steps: int = 8, every: int | None = 2,
-                **overrides) -> TrainConfig:
-  """A one-layer, width-16 decoder on sequences of 16 bytes, batch 8, checkpoints every ``every`` steps."""
-  config = TrainConfig(
-      model=GPTConfig(vocab_size=320, context_length=16, dim=16, num_heads=2, head_dim=8, depth=1, mlp_hidden=32,
-                      remat=False),
-      data=TextDataConfig(corpus=str(corpus), data_dir=str(data_dir), sequence_length=16, validation_percent=20,
-                          shuffle_window=16),
-      optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=2),
-      mesh=mesh, checkpoint=CheckpointConfig(every=every, keep=2), steps=steps, batch_size=8, eval_every=4,
-      eval_batches=2, log_every=1)
-  return dataclasses.replace(config, **overrides)
+                seed: int = 0, **overrides) -> Pretraining:
+  """A one-layer, width-16 decoder on sequences of 16 bytes, batch 8, checkpoints every ``every`` steps;
+  ``overrides`` replace ``TrainerConfig`` fields."""
+  task = TextTask(GPTConfig(vocab_size=320, context_length=16, dim=16, num_heads=2, head_dim=8, depth=1, mlp_hidden=32,
+                            remat=False),
+                  TextDataConfig(corpus=str(corpus), data_dir=str(data_dir), sequence_length=16, validation_percent=20,
+                                 shuffle_window=16), eval_sequences=16)
+  trainer = TrainerConfig(steps=steps, batch_size=8, optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=2),
+                          mesh=mesh, checkpoint=CheckpointConfig(every=every, keep=2), eval_every=4, log_every=1)
+  return Pretraining(task, dataclasses.replace(trainer, **overrides), seed)
 
 
 class KilledAfter:

@@ -11,6 +11,7 @@ files and plain edge lists load through the same study.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -21,12 +22,16 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from energyformer import cli
 from energyformer.data import graphs as graph_data
 from energyformer.metrics import MetricsWriter
 from energyformer.models.energy_transformer import ETConfig
 from energyformer.models.graph_nodes import GraphNodeClassifier
 from energyformer.studies.detection_metrics import best_threshold, macro_f1, roc_auc
-from energyformer.studies.training import Recipe, et_optimizer, fit
+from energyformer.studies.et_images import et_optimizer, recipe, with_steps
+from energyformer.train import trainer
+from energyformer.train.config import TrainerConfig
+from energyformer.train.task import data_seed
 
 SOURCES = ("generated", "mat", "edge_list")
 
@@ -46,8 +51,7 @@ class ETGraphsStudy:
   neighbors: tuple[int, int] = (16, 8)
   et: ETConfig = ETConfig(dim=32, num_heads=4, head_dim=8, num_memories=128, depth=6, learn_beta=True,
                           self_exclusion=True)
-  recipe: Recipe = Recipe(steps=400, batch_size=64, optimizer=et_optimizer(3e-3, 40, weight_decay=0.1))
-  eval_every: int = 50
+  training: TrainerConfig = recipe(400, 64, et_optimizer(3e-3, 40, weight_decay=0.1), eval_every=50)
   seed: int = 0
 
   def __post_init__(self):
@@ -64,8 +68,7 @@ PRESETS = {
     "tiny": ETGraphsStudy(graph=graph_data.AnomalyGraphConfig(num_nodes=300, num_cliques=2, clique_size=8,
                                                               num_contextual=15, p_in=0.06),
                           neighbors=(4, 4), et=ETConfig(dim=16, num_heads=2, head_dim=8, num_memories=32, depth=3),
-                          recipe=Recipe(steps=40, batch_size=32, optimizer=et_optimizer(5e-3, 5)),
-                          eval_every=20),
+                          training=recipe(40, 32, et_optimizer(5e-3, 5), eval_every=20)),
 }
 
 
@@ -84,29 +87,88 @@ def class_weights(labels, num_classes: int = 2) -> np.ndarray:
   return (len(labels) / (num_classes * np.maximum(counts, 1))).astype(np.float32)
 
 
-def weighted_loss(weights):
-  """``loss(model, batch, key) = Σ_b w_{y_b} CE(logits_b0, y_b) / Σ_b w_{y_b}`` on each ego-graph's centre."""
-  weights = jnp.asarray(weights)
-
-  def loss(model, batch, key):
-    logits = model(batch["features"], batch["adjacency"], hops=batch["hops"], valid=batch["valid"], key=key)[:, 0]
-    w = weights[batch["label"]]
-    return jnp.sum(w * optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])) / jnp.sum(w)
-
-  return loss
+def weighted_cross_entropy(logits, labels, weights) -> jax.Array:
+  """``Σ_b w_{y_b} CE(logits_b, y_b) / Σ_b w_{y_b}``."""
+  w = weights[labels]
+  return jnp.sum(w * optax.softmax_cross_entropy_with_integer_labels(logits, labels)) / jnp.sum(w)
 
 
-def batches(graph: graph_data.Graph, nodes, neighbors: tuple[int, int], batch_size: int, seed: int):
+class EgoGraphBatches:
   """Endless batches of training ego-graphs: nodes reshuffled every epoch (last partial batch dropped), each
-  batch's neighbourhoods sampled afresh."""
-  rng = np.random.default_rng(seed)
-  size = min(batch_size, len(nodes))
-  while True:
-    order = rng.permutation(nodes)
-    for start in range(0, len(nodes) - size + 1, size):
-      chosen = order[start:start + size]
-      egos = graph_data.ego_graphs(graph, chosen, neighbors, int(rng.integers(2**31)))
-      yield {**egos, "label": graph.labels[chosen]}
+  batch's neighbourhoods sampled afresh. ``get_state``/``set_state`` resume it exactly."""
+
+  def __init__(self, graph: graph_data.Graph, nodes, neighbors: tuple[int, int], batch_size: int, seed: int):
+    self.graph, self.nodes, self.neighbors = graph, np.asarray(nodes), neighbors
+    self.size = min(batch_size, len(self.nodes))
+    self.rng = np.random.default_rng(seed)
+    self.order, self.start = self.rng.permutation(self.nodes), 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self.start + self.size > len(self.order):
+      self.order, self.start = self.rng.permutation(self.nodes), 0
+    chosen = self.order[self.start:self.start + self.size]
+    self.start += self.size
+    egos = graph_data.ego_graphs(self.graph, chosen, self.neighbors, int(self.rng.integers(2**31)))
+    return {**egos, "label": self.graph.labels[chosen]}
+
+  def get_state(self) -> dict:
+    """The random generator's state and the position in this epoch's order."""
+    return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "start": self.start}
+
+  def set_state(self, state: dict) -> None:
+    """Continues from ``get_state``'s state."""
+    self.rng.bit_generator.state = state["rng"]
+    self.order, self.start = np.asarray(state["order"]), state["start"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphTask:
+  """Node anomaly classification on ego-graphs (``energyformer.train.task.Task``): class-weighted cross-entropy on
+  the centre node; evaluated by the weighted loss and the accuracy on the validation and test nodes."""
+
+  study: ETGraphsStudy
+  hyperparameters = ()
+  structural = ()
+
+  def create_model(self, member, rngs, batch_axes):
+    """The graph ET classifier."""
+    graph = prepare(self.study)[0]
+    return GraphNodeClassifier(graph.features.shape[1], 2, self.study.et, rngs=rngs, max_hops=2)
+
+  def batches(self, member, batch_size, shard_index, shard_count):
+    """``EgoGraphBatches`` of the training nodes (``data_seed``)."""
+    graph, splits, _ = prepare(self.study)
+    return EgoGraphBatches(graph, splits["train"][shard_index::shard_count], self.study.neighbors, batch_size,
+                           data_seed(member))
+
+  def loss(self, model, batch, key):
+    """Class-weighted cross-entropy of the centre nodes."""
+    return weighted_cross_entropy(_centre_logits(model, batch, key), batch["label"], self._weights())
+
+  def evaluation_sets(self, shard_index, shard_count):
+    """The fixed validation and test ego-graphs."""
+    arrays = prepare(self.study)[2]
+    return {name: {k: v[shard_index::shard_count] for k, v in arrays[name].items()} for name in ("val", "test")}
+
+  def evaluate(self, model, batch):
+    """Weighted loss and accuracy of the centre nodes."""
+    logits = _centre_logits(model, batch, jax.random.key(0))
+    return {"loss": weighted_cross_entropy(logits, batch["label"], self._weights()),
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+  def identity(self) -> dict:
+    """The study."""
+    return _study_dict(self.study)
+
+  def _weights(self):
+    return jnp.asarray(class_weights(prepare(self.study)[2]["train"]["label"]))
+
+
+def _centre_logits(model, batch, key):
+  return model(batch["features"], batch["adjacency"], hops=batch["hops"], valid=batch["valid"], key=key)[:, 0]
 
 
 @nnx.jit
@@ -133,6 +195,7 @@ def detection_report(val_labels, val_scores, test_labels, test_scores) -> dict:
           "val_macro_f1": macro_f1(val_labels, val_scores >= threshold), "threshold": threshold}
 
 
+@functools.lru_cache(maxsize=4)
 def prepare(study: ETGraphsStudy) -> tuple[graph_data.Graph, dict, dict]:
   """The graph, its train/val/test node indices, and fixed ego-graph arrays (with labels) of each split."""
   graph = load_graph(study)
@@ -150,20 +213,18 @@ def run(study: ETGraphsStudy, out_dir="runs/et_graphs") -> dict:
   """Trains the graph ET and reports AUC and macro-F1; writes results.json and metrics (JSONL + TensorBoard)."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  graph, splits, arrays = prepare(study)
-  model = GraphNodeClassifier(graph.features.shape[1], 2, study.et, rngs=nnx.Rngs(study.seed), max_hops=2)
-
-  def evaluate(m):
-    val, test = (anomaly_scores(m, arrays[s]) for s in ("val", "test"))
-    return detection_report(arrays["val"]["label"], val, arrays["test"]["label"], test)
-
-  with MetricsWriter(out) as writer, tqdm(total=study.recipe.steps, desc="et-graphs", unit="step") as bar:
-    history = fit(model, weighted_loss(class_weights(arrays["train"]["label"])),
-                  batches(graph, splits["train"], study.neighbors, study.recipe.batch_size, study.seed), study.recipe,
-                  key=jax.random.key(study.seed), evaluate=evaluate, eval_every=study.eval_every, progress=bar,
-                  writer=writer, prefix="et")
-  final = history["evaluations"][-1]
-  results = {"study": json.loads(json.dumps(dataclasses.asdict(study), default=list)),
+  graph, _, arrays = prepare(study)
+  with MetricsWriter(out) as writer, tqdm(total=study.training.steps, desc="et-graphs", unit="step") as bar:
+    run = trainer.train(GraphTask(study), study.training, members=[{"seed": study.seed}], progress=bar,
+                        writer=writer)
+  model = run.model()
+  val, test = (anomaly_scores(model, arrays[s]) for s in ("val", "test"))
+  final = detection_report(arrays["val"]["label"], val, arrays["test"]["label"], test)
+  history = {"loss": [losses[0] for losses in run.history["loss"]], "seconds": run.seconds,
+             "evaluations": [{"step": step, **{f"{name}_{metric}": values[0] for name, metrics in sets.items()
+                                               for metric, values in metrics.items()}}
+                             for step, sets in run.history["evaluations"]]}
+  results = {"study": _study_dict(study),
              "graph": {"nodes": graph.num_nodes, "edges": int(graph.adjacency.nnz // 2),
                        "anomalies": int(graph.labels.sum()), "feature_dim": int(graph.features.shape[1])},
              "final": final, "history": history}
@@ -181,3 +242,39 @@ def format_table(results: dict) -> str:
           f"{'val':6s} {f['val_auc']:7.4f} {f['val_macro_f1']:9.4f}\n"
           f"{'test':6s} {f['test_auc']:7.4f} {f['test_macro_f1']:9.4f}   (threshold {f['threshold']:.3f} tuned on val)\n"
           f"training: {results['history']['seconds']:.1f} s")
+
+
+def study_from_args(args) -> ETGraphsStudy:
+  """The graph study of ``args``: a preset, on a ``.mat`` file or edge list when given; raises naming a bad
+  option."""
+  if args.preset not in PRESETS:
+    raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}.")
+  study = PRESETS[args.preset]
+  study = dataclasses.replace(study, training=with_steps(study.training, args.steps))
+  if args.mat and args.edge_list:
+    raise ValueError("give either --mat or --edge-list, not both.")
+  if args.mat:
+    study = dataclasses.replace(study, source="mat", paths=(args.mat,))
+  elif args.edge_list:
+    study = dataclasses.replace(study, source="edge_list", paths=tuple(args.edge_list))
+  return study if args.seed is None else dataclasses.replace(study, seed=args.seed)
+
+
+def _options(command) -> None:
+  command.add_argument("--preset", default="default", help="default (generated graph, CPU) or tiny")
+  command.add_argument("--mat", help="a benchmark .mat file (e.g. YelpChi.mat, Amazon.mat)")
+  command.add_argument("--edge-list", nargs=3, metavar=("EDGES", "FEATURES", "LABELS"),
+                       help="edge list, feature table and label list files")
+  command.add_argument("--steps", type=int, help="training steps")
+  command.add_argument("--seed", type=int)
+  command.add_argument("--out", default="runs/et_graphs", help="directory for results and metrics")
+
+
+@cli.command("et-graphs", help="Energy Transformer graph anomaly detection (macro-F1, AUC) on a generated graph, a "
+                               ".mat benchmark file or an edge list", options=_options)
+def _command(args) -> None:
+  run(study_from_args(args), args.out)
+
+
+def _study_dict(study: ETGraphsStudy) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(study), default=list))

@@ -10,6 +10,7 @@ on the CPU in a few minutes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -19,14 +20,35 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from energyformer import cli
 from energyformer.checks import check_positive_int
 from energyformer.data import images as image_data
 from energyformer.metrics import MetricsWriter
 from energyformer.models.energy_transformer import EnergyTransformer, ETConfig
-from energyformer.models.image_completion import (MASKINGS, ImageCompletion, ImageConfig, masked_rmse, patch_masks,
-                                                  patchify, unpatchify)
+from energyformer.models.image_completion import (MASKINGS, ImageCompletion, ImageConfig, Masking, masked_rmse,
+                                                  patch_masks, patchify, unpatchify)
 from energyformer.models.transformer_encoder import TransformerEncoder, count_params, matched_mlp_hidden
-from energyformer.studies.training import Recipe, et_optimizer, fit
+from energyformer.train import trainer
+from energyformer.train.task import data_seed
+from energyformer.train.config import TrainerConfig
+from energyformer.train.mesh import MeshConfig
+from energyformer.train.optim import OptimizerConfig
+
+
+def et_optimizer(learning_rate: float, warmup_steps: int, weight_decay: float = 0.05) -> OptimizerConfig:
+  """The ET image recipe's optimizer: AdamW(0.9, 0.99) with clip 1.0, warmup then cosine decay to 0."""
+  return OptimizerConfig(learning_rate=learning_rate, warmup_steps=warmup_steps, final_fraction=0.0,
+                         weight_decay=weight_decay, b1=0.9, b2=0.99, clip_norm=1.0)
+
+
+# Evaluation sets are evaluated in one piece: an RMSE (or an AUC) over slices is not the one over the whole set.
+WHOLE_SET = 1 << 20
+
+
+def recipe(steps: int, batch_size: int, optimizer: OptimizerConfig, eval_every: int) -> TrainerConfig:
+  """The trainer's settings of an ET study: evaluation sets in one piece, metrics at every evaluation."""
+  return TrainerConfig(steps=steps, batch_size=batch_size, optimizer=optimizer, mesh=MeshConfig(1, 1, 1),
+                       eval_every=eval_every, eval_batch_size=WHOLE_SET, log_every=eval_every)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +63,7 @@ class ETImagesStudy:
   baseline: bool = True
   baseline_depth: int = 1
   baseline_heads: int = 4
-  recipe: Recipe = Recipe(steps=1000, batch_size=64, optimizer=et_optimizer(2e-3, 100))
-  eval_every: int = 100
+  training: TrainerConfig = recipe(1000, 64, et_optimizer(2e-3, 100), eval_every=100)
   eval_images: int = 512
   seed: int = 0
 
@@ -51,7 +72,7 @@ class ETImagesStudy:
       raise ValueError(f"unknown masking preset {self.masking!r}; choose one of {sorted(MASKINGS)}.")
     if self.image.dim != self.et.dim:
       raise ValueError(f"image.dim={self.image.dim} must equal et.dim={self.et.dim}: the ET updates the patch tokens.")
-    for name in ("baseline_depth", "baseline_heads", "eval_every", "eval_images"):
+    for name in ("baseline_depth", "baseline_heads", "eval_images"):
       check_positive_int(name, getattr(self, name))
 
 
@@ -60,44 +81,93 @@ PRESETS = {
     "tiny": ETImagesStudy(image=ImageConfig((8, 8), 1, 2, 16),
                           et=ETConfig(dim=16, num_heads=2, head_dim=8, num_memories=64, depth=4),
                           baseline_depth=1, baseline_heads=2,
-                          recipe=Recipe(steps=30, batch_size=16, optimizer=et_optimizer(3e-3, 5)),
-                          eval_every=10, eval_images=64),
+                          training=recipe(30, 16, et_optimizer(3e-3, 5), eval_every=10), eval_images=64),
     # The ET image recipe: ImageNet at 224², 16² patches, D = 768, 12 heads of 64, 3072 memories, 12 steps of 0.1;
     # AdamW (0.9, 0.99, wd 0.05), warmup-cosine to 5e-4, batch 768, 100 epochs, clip 1. Accelerator scale. The
     # warmup length (5 epochs) is this library's choice.
     "paper": ETImagesStudy(dataset="imagenet2012", image=ImageConfig((224, 224), 3, 16, 768),
                            et=ETConfig(dim=768, num_heads=12, head_dim=64, num_memories=3072, depth=12),
                            baseline_depth=4, baseline_heads=12,
-                           recipe=Recipe(steps=166_800, batch_size=768, optimizer=et_optimizer(5e-4, 8_340)),
-                           eval_every=2_000, eval_images=1_024),
+                           training=recipe(166_800, 768, et_optimizer(5e-4, 8_340), eval_every=2_000),
+                           eval_images=1_024),
 }
 
 
-def et_model(study: ETImagesStudy, seed: int) -> ImageCompletion:
+def et_model(study: ETImagesStudy, rngs: nnx.Rngs) -> ImageCompletion:
   """The image model with an Energy Transformer core."""
-  rngs = nnx.Rngs(seed)
   return ImageCompletion(study.image, EnergyTransformer(study.et, rngs=rngs), rngs=rngs)
 
 
-def baseline_model(study: ETImagesStudy, core_params: int, seed: int) -> ImageCompletion:
+def baseline_model(study: ETImagesStudy, core_params: int, rngs: nnx.Rngs) -> ImageCompletion:
   """The image model with a standard Transformer core of about ``core_params`` parameters."""
-  rngs = nnx.Rngs(seed)
   hidden = matched_mlp_hidden(core_params, study.image.dim, study.baseline_heads, study.baseline_depth)
   core = TransformerEncoder(study.image.dim, study.baseline_heads, study.baseline_depth, hidden, rngs=rngs)
   return ImageCompletion(study.image, core, rngs=rngs)
 
 
-def completion_loss(masking_name: str):
-  """``loss(model, batch, key)``: masked-patch RMSE under fresh random masks (and Langevin noise) per step."""
-  masking = MASKINGS[masking_name]
+def et_core_params(study: ETImagesStudy) -> int:
+  """Parameters of the ET core (the baseline's core is matched to it)."""
+  return count_params(nnx.eval_shape(lambda: et_model(study, nnx.Rngs(0))).core)
 
-  def loss(model, batch, key):
-    images = batch["image"]
-    mask_key, noise_key = jax.random.split(key)
-    replace, score = patch_masks(mask_key, masking, images.shape[0], model.config.num_patches)
-    return model.loss(images, replace, score, key=noise_key)
 
-  return loss
+def completion_loss(model, images, masking: Masking, key):
+  """Masked-patch RMSE of ``model`` on ``images`` under fresh random masks (and Langevin noise) drawn from ``key``."""
+  mask_key, noise_key = jax.random.split(key)
+  replace, score = patch_masks(mask_key, masking, images.shape[0], model.config.num_patches)
+  return model.loss(images, replace, score, key=noise_key)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompletionTask:
+  """Masked image completion (``energyformer.train.task.Task``) with the ET core or the Transformer baseline
+  (``core``: ``"et"`` or ``"transformer"``); evaluated by the masked-patch RMSE on fixed held-out images and
+  masks."""
+
+  study: ETImagesStudy
+  core: str = "et"
+  hyperparameters = ()
+  structural = ()
+
+  def create_model(self, member, rngs, batch_axes):
+    """The completion model with the task's core."""
+    if self.core == "et":
+      return et_model(self.study, rngs)
+    return baseline_model(self.study, et_core_params(self.study), rngs)
+
+  def batches(self, member, batch_size, shard_index, shard_count):
+    """The shuffled training images (``data_seed``)."""
+    source = image_data.image_source(self.study.dataset, "train", self.study.data_dir)
+    dataset = image_data.image_dataset(source, image_size=self.study.image.image_size,
+                                       channels=self.study.image.channels, batch_size=batch_size,
+                                       seed=data_seed(member))
+    return iter(dataset.map(lambda batch: {"image": batch["image"]}))
+
+  def loss(self, model, batch, key):
+    """``completion_loss`` under the study's masking."""
+    return completion_loss(model, batch["image"], MASKINGS[self.study.masking], key)
+
+  def evaluation_sets(self, shard_index, shard_count):
+    """``test``: the held-out images with their fixed masks."""
+    images, replace, score = test_set(self.study)
+    return {"test": {"image": images, "replace": replace, "score": score}}
+
+  def evaluate(self, model, batch):
+    """``{"rmse": masked-patch RMSE}`` of the completion."""
+    predicted = model(batch["image"], batch["replace"], key=jax.random.key(0))
+    return {"rmse": masked_rmse(predicted, patchify(batch["image"], model.config.patch_size), batch["score"])}
+
+  def identity(self) -> dict:
+    """The study and the core."""
+    return {"study": _study_dict(self.study), "core": self.core}
+
+
+@functools.lru_cache(maxsize=4)
+def test_set(study: ETImagesStudy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The held-out images (``eval_images`` of them) and their fixed replace and score masks."""
+  images = load_images(study, "test", study.eval_images)
+  replace, score = patch_masks(jax.random.key(study.seed + 1), MASKINGS[study.masking], len(images),
+                               study.image.num_patches)
+  return images, np.asarray(replace), np.asarray(score)
 
 
 def mean_patch_rmse(train_images, test_images, score_mask, patch_size: int) -> float:
@@ -113,13 +183,6 @@ def load_images(study: ETImagesStudy, split: str, limit: int | None = None) -> n
   return image_data.image_array(source, study.image.image_size, study.image.channels, limit)
 
 
-def train_batches(study: ETImagesStudy):
-  """The grain pipeline of the training split."""
-  source = image_data.image_source(study.dataset, "train", study.data_dir)
-  return image_data.image_dataset(source, image_size=study.image.image_size, channels=study.image.channels,
-                                  batch_size=study.recipe.batch_size, seed=study.seed)
-
-
 def energy_trace(model: ImageCompletion, images, replace_mask, key) -> np.ndarray:
   """ET energy per image at steps 0..T, shape (B, T + 1), along the rollout on the masked images."""
   tokens = model.tokens(patchify(images, model.config.patch_size), replace_mask)
@@ -127,22 +190,27 @@ def energy_trace(model: ImageCompletion, images, replace_mask, key) -> np.ndarra
   return np.concatenate([np.asarray(rollout.energy_before), np.asarray(rollout.energy_after[:, -1:])], axis=1)
 
 
-def _evaluator(images, replace, score):
-  predict = nnx.jit(lambda model, key: model(images, replace, key=key))
-
-  def evaluate(model):
-    predicted = predict(model, jax.random.key(0))
-    return {"test_rmse": float(masked_rmse(predicted, patchify(images, model.config.patch_size), score))}
-
-  return evaluate
-
-
-def _train(name, model, study, evaluate, writer, bar):
-  history = fit(model, completion_loss(study.masking), train_batches(study), study.recipe,
-                key=jax.random.key(study.seed), evaluate=evaluate, eval_every=study.eval_every, progress=bar,
-                writer=writer, prefix=name)
+def _train(name: str, study: ETImagesStudy, writer, bar) -> tuple[dict, ImageCompletion]:
+  """Trains the ``name`` core ("et" or "transformer"); its summary and trained model."""
+  run = trainer.train(CompletionTask(study, name), study.training, members=[{"seed": study.seed}], progress=bar,
+                      writer=_Prefixed(writer, name))
+  model = run.model()
+  evaluations = run.history["evaluations"]
+  history = {"loss": [losses[0] for losses in run.history["loss"]], "seconds": run.seconds,
+             "seconds_per_step": run.seconds_per_step,
+             "evaluations": [{"step": step, "test_rmse": sets["test"]["rmse"][0]} for step, sets in evaluations]}
   return {**history, "test_rmse": history["evaluations"][-1]["test_rmse"], "params": count_params(model),
-          "core_params": count_params(model.core)}
+          "core_params": count_params(model.core)}, model
+
+
+class _Prefixed:
+  """A metrics writer whose names start with ``prefix/`` (one writer for both models of the study)."""
+
+  def __init__(self, writer, prefix: str):
+    self.writer, self.prefix = writer, prefix
+
+  def write(self, step: int, scalars: dict, prefix: str = "") -> None:
+    self.writer.write(step, scalars, f"{self.prefix}/{prefix}" if prefix else self.prefix)
 
 
 def run(study: ETImagesStudy, out_dir="runs/et_images") -> dict:
@@ -150,20 +218,15 @@ def run(study: ETImagesStudy, out_dir="runs/et_images") -> dict:
   images; prints a table and writes results.json, metrics (JSONL + TensorBoard), completion.png, energy.png."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  test = jnp.asarray(load_images(study, "test", study.eval_images))
-  replace, score = patch_masks(jax.random.key(study.seed + 1), MASKINGS[study.masking], len(test),
-                               study.image.num_patches)
-  evaluate = _evaluator(test, replace, score)
-  et = et_model(study, study.seed)
+  images, replace, score = test_set(study)
+  test = jnp.asarray(images)
   results = {"study": _study_dict(study)}
-  total = study.recipe.steps * (2 if study.baseline else 1)
+  total = study.training.steps * (2 if study.baseline else 1)
   with MetricsWriter(out) as writer, tqdm(total=total, desc="et-images", unit="step") as bar:
-    results["et"] = _train("et", et, study, evaluate, writer, bar)
+    results["et"], et = _train("et", study, writer, bar)
     models = {"ET": et}
     if study.baseline:
-      baseline = baseline_model(study, count_params(et.core), study.seed)
-      results["transformer"] = _train("transformer", baseline, study, evaluate, writer, bar)
-      models["Transformer"] = baseline
+      results["transformer"], models["Transformer"] = _train("transformer", study, writer, bar)
   train_images = jnp.asarray(load_images(study, "train", 4096))
   results["mean_patch"] = {"test_rmse": mean_patch_rmse(train_images, test, score, study.image.patch_size)}
   energies = energy_trace(et, test, replace, jax.random.key(0))
@@ -238,3 +301,50 @@ def plot_energy(energies, path) -> None:
 
 def _study_dict(study: ETImagesStudy) -> dict:
   return json.loads(json.dumps(dataclasses.asdict(study), default=list))
+
+
+def with_steps(training: TrainerConfig, steps: int | None) -> TrainerConfig:
+  """``training`` for ``steps`` steps (its warmup at most a tenth of them); unchanged for ``None``."""
+  if steps is None:
+    return training
+  check_positive_int("--steps", steps)
+  optimizer = dataclasses.replace(training.optimizer, warmup_steps=min(training.optimizer.warmup_steps, steps // 10))
+  return dataclasses.replace(training, steps=steps, optimizer=optimizer)
+
+
+def study_from_args(args) -> ETImagesStudy:
+  """The image study of ``args``: a preset with the given options replaced; raises naming a bad option."""
+  if args.preset not in PRESETS:
+    raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}.")
+  study = PRESETS[args.preset]
+  study = dataclasses.replace(study, training=with_steps(study.training, args.steps))
+  overrides = {"dataset": args.dataset, "data_dir": args.data_dir, "masking": args.masking, "seed": args.seed}
+  study = dataclasses.replace(study, **{k: v for k, v in overrides.items() if v is not None})
+  if args.no_baseline:
+    study = dataclasses.replace(study, baseline=False)
+  if args.self_exclusion or args.temperature is not None:
+    et = dataclasses.replace(study.et, self_exclusion=args.self_exclusion or study.et.self_exclusion,
+                             temperature=study.et.temperature if args.temperature is None else args.temperature)
+    study = dataclasses.replace(study, et=et)
+  return study
+
+
+def _options(command) -> None:
+  command.add_argument("--preset", default="default", help="default (digits, CPU minutes), tiny (seconds) or paper "
+                                                           "(ImageNet recipe, accelerator)")
+  command.add_argument("--dataset", help="digits, folder (images under --data-dir) or a tfds name (cifar10, "
+                                         "imagenet2012) prepared under --data-dir")
+  command.add_argument("--data-dir", help="tfds data directory, or the image folder for --dataset folder")
+  command.add_argument("--masking", help="paper (100/196 scored, 90%% of those replaced), mask25 or mask75")
+  command.add_argument("--steps", type=int, help="training steps per model")
+  command.add_argument("--seed", type=int)
+  command.add_argument("--self-exclusion", action="store_true", help="exclude each token from its own attention")
+  command.add_argument("--temperature", type=float, help="Langevin noise temperature of the ET dynamics (0: none)")
+  command.add_argument("--no-baseline", action="store_true", help="train the ET only")
+  command.add_argument("--out", default="runs/et_images", help="directory for results, metrics and PNGs")
+
+
+@cli.command("et-images", help="Energy Transformer masked image completion vs a mean-patch baseline and a standard "
+                               "Transformer (digits on the CPU by default)", options=_options)
+def _command(args) -> None:
+  run(study_from_args(args), args.out)

@@ -1,7 +1,7 @@
 """The LIS study: every attention variant trained on the Longest Increasing Subsequence task, several seeds each.
 
-For each variant one compiled program trains all seeds at once: the seeds are a population of
-``energyformer.train.sweep`` (the training step ``jax.vmap``-ed over parameters, optimizer states and batches).
+For each variant one compiled program trains all seeds at once: the seeds are a population of the trainer
+(``energyformer.train.trainer``: the training step ``jax.vmap``-ed over parameters, optimizer states and batches).
 Seed ``s`` initialises its model with ``s`` and reads its own shuffle of the grain pipeline of
 ``energyformer.data.lis``; accuracy is measured every ``eval_every`` steps on the in-distribution validation
 split and on the held-out-length test split.
@@ -20,14 +20,21 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from tqdm import tqdm
 
+from energyformer import cli
 from energyformer.checks import check_positive_int, check_range
 from energyformer.data import LISConfig, lis_dataset, numpy_split
 from energyformer.metrics import MetricsWriter
-from energyformer.models import GPT, VARIANTS, GPTConfig
-from energyformer.train import sweep
+from energyformer.models import GPTConfig
+from energyformer.studies import decoder
+from energyformer.train import population
+from energyformer.train.config import TrainerConfig
+from energyformer.train.mesh import MeshConfig, use_cpu_devices
+from energyformer.train.optim import OptimizerConfig
+from energyformer.train.task import data_seed
+
+BATCH_KEYS = ("tokens", "loss_mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +43,9 @@ class LISStudy:
 
   ``scan_unroll=True`` unrolls the depth loop: for these shallow models it removes the loop's stacked-residual
   buffers and makes a training step about 1.4× (one model) to 1.8× (a vmapped population) faster on CPU.
-  ``steps_per_call`` training steps run per call of the compiled program (``sweep.SweepConfig``).
+  ``steps_per_call`` training steps run per call of the compiled program (``TrainerConfig``). The optimiser is
+  the trainer's AdamW with these settings (``weight_decay`` on matrices only, ``final_fraction`` of the peak at the
+  end).
   """
 
   data: LISConfig = LISConfig(min_length=6, max_length=12, vocab_numbers=24, train_size=20_000, val_size=500,
@@ -46,14 +55,17 @@ class LISStudy:
   head_dim: int = 12
   depth: int = 2
   mlp_hidden: int = 96
-  variants: tuple[str, ...] = VARIANTS
+  variants: tuple[str, ...] = decoder.variant_names()
   seeds: int = 3
   steps: int = 400
   batch_size: int = 32
   learning_rate: float = 3e-3
   warmup_steps: int = 40
   weight_decay: float = 0.01
+  final_fraction: float = 0.0
+  b2: float = 0.999
   eval_every: int = 25
+  eval_batch_size: int = 1024
   target_accuracy: float = 0.5
   remat: bool = False
   scan_unroll: int | bool = True
@@ -61,19 +73,20 @@ class LISStudy:
   in_memory_data: bool = True
 
   def __post_init__(self):
-    unknown = [v for v in self.variants if v not in VARIANTS]
-    if unknown:
-      raise ValueError(f"unknown attention variant(s) {unknown}; choose from {VARIANTS}.")
+    decoder.check_variants(self.variants)
     for name in ("seeds", "steps", "batch_size", "eval_every", "steps_per_call"):
       check_positive_int(name, getattr(self, name))
     check_range("learning_rate", self.learning_rate, 0.0, low_open=True, fix="Use a positive learning rate.")
     check_range("target_accuracy", self.target_accuracy, 0.0, 1.0, fix="Use a target accuracy in [0, 1].")
 
-  def sweep_config(self) -> sweep.SweepConfig:
-    """The shared training budget of every model of the study."""
-    return sweep.SweepConfig(steps=self.steps, batch_size=self.batch_size, eval_every=self.eval_every,
-                             learning_rate=self.learning_rate, weight_decay=self.weight_decay,
-                             warmup_steps=self.warmup_steps, steps_per_call=self.steps_per_call)
+  def trainer_config(self, devices: int = 1) -> TrainerConfig:
+    """The shared training budget of every model of the study, members split over ``devices`` devices."""
+    optimizer = OptimizerConfig(learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
+                                final_fraction=self.final_fraction, weight_decay=self.weight_decay, b2=self.b2)
+    return TrainerConfig(steps=self.steps, batch_size=self.batch_size, optimizer=optimizer,
+                         mesh=MeshConfig(data=1, population=devices), eval_every=self.eval_every,
+                         eval_batch_size=self.eval_batch_size, log_every=self.eval_every,
+                         steps_per_call=self.steps_per_call, stop_on_non_finite=False)
 
   def model_config(self, variant: str) -> GPTConfig:
     return GPTConfig(self.data.vocab_size, self.data.context_length, self.dim, self.num_heads, self.head_dim,
@@ -105,46 +118,58 @@ def masked_metrics(logits, tokens, loss_mask):
 
 @dataclasses.dataclass(frozen=True)
 class LISTask:
-  """The LIS task for ``energyformer.train.sweep``: a GPT decoder per member, LIS batches, exact-match accuracy."""
+  """The LIS task (``energyformer.train.task.Task``): a GPT decoder per member, LIS batches, exact-match accuracy."""
 
   study: LISStudy
-  structural = ("variant", "depth", "dim", "num_heads", "head_dim", "mlp_hidden", "mlp", "splitting")
+  hyperparameters = decoder.hyperparameters()
+  structural = decoder.STRUCTURAL
   metric_name = "accuracy"
   higher_is_better = True
 
-  def model(self, member: dict) -> GPT:
+  def create_model(self, member, rngs, batch_axes):
     """The member's decoder: the study's sizes with the member's structure and solver hyperparameters."""
-    overrides = {k: v for k, v in member.items() if k in self.structural + sweep.SOLVER}
-    config = dataclasses.replace(self.study.model_config(overrides.pop("variant", "standard")), **overrides)
-    return GPT(config, rngs=nnx.Rngs(int(member.get("seed", 0))))
+    return decoder.decoder(self.study.model_config("standard"), member, rngs, batch_axes)
 
-  def batches(self, data_seed: int, batch_size: int):
-    return lis_dataset(self.study.data, "train", batch_size=batch_size, shuffle_seed=data_seed,
-                       in_memory=self.study.in_memory_data)
+  def batches(self, member, batch_size, shard_index, shard_count):
+    """The member's shuffle of the training split (``data_seed``)."""
+    dataset = lis_dataset(self.study.data, "train", batch_size=batch_size, shuffle_seed=data_seed(member),
+                          shard_index=shard_index, shard_count=shard_count, in_memory=self.study.in_memory_data)
+    return iter(dataset.map(lambda batch: {key: batch[key] for key in BATCH_KEYS}))
 
-  def evaluation_sets(self) -> dict:
-    """The validation split and the held-out-length test split, each one batch."""
-    return {name: _split_arrays(self.study.data, name) for name in ("val", "test")}
+  def loss(self, model, batch, key):
+    """Cross-entropy over the answer positions (``masked_metrics``)."""
+    return self.evaluate(model, batch)["loss"]
 
-  def metrics(self, model, batch):
-    return masked_metrics(model(batch["tokens"][:, :-1]), batch["tokens"], batch["loss_mask"])
+  def evaluation_sets(self, shard_index, shard_count):
+    """The validation split and the held-out-length test split (this process's share)."""
+    return {name: {k: v[shard_index::shard_count] for k, v in _split_arrays(self.study.data, name).items()}
+            for name in ("val", "test")}
+
+  def evaluate(self, model, batch):
+    """Answer cross-entropy and exact-match accuracy (``masked_metrics``)."""
+    loss, accuracy = masked_metrics(model(batch["tokens"][:, :-1]), batch["tokens"], batch["loss_mask"])
+    return {"loss": loss, "accuracy": accuracy}
+
+  def identity(self) -> dict:
+    """The study's data and model sizes."""
+    return _study_dict(self.study)
 
 
 @functools.lru_cache(maxsize=8)
 def _split_arrays(data: LISConfig, split: str) -> dict:
-  return {k: jnp.asarray(v) for k, v in numpy_split(data, split).items() if k in ("tokens", "loss_mask")}
+  return {k: v for k, v in numpy_split(data, split).items() if k in BATCH_KEYS}
 
 
-def train_variant(study: LISStudy, variant: str, writer: MetricsWriter, progress, mesh=None) -> dict:
-  """Trains ``study.seeds`` models of ``variant`` as one population (laid over ``mesh``'s ``population`` axis when
-  given, ``sweep.population_mesh``); returns curves, accuracies and timing."""
-  members = [{"variant": variant, "seed": seed, "data_seed": seed} for seed in range(study.seeds)]
-  runs = sweep.train_population(LISTask(study), members, study.sweep_config(), progress=progress, writer=writer,
-                                mesh=mesh, mesh_axis=None if mesh is None else "population")
-  val = [run["curves"]["val"]["metric"] for run in runs]
+def train_variant(study: LISStudy, variant: str, writer: MetricsWriter, progress, devices: int = 1) -> dict:
+  """Trains ``study.seeds`` models of ``variant`` as one population (split over ``devices`` devices); returns
+  curves, accuracies and timing."""
+  members = [{"variant": variant, "seed": seed} for seed in range(study.seeds)]
+  runs = population.train_population(LISTask(study), members, study.trainer_config(devices), progress=progress,
+                                     writer=writer)
+  val = [run["curves"]["val"]["accuracy"] for run in runs]
   curve = [(step, [accs[i] for accs in val]) for i, step in enumerate(runs[0]["eval_steps"])]
   return {"variant": variant, "curve": curve, "val_accuracy": curve[-1][1],
-          "test_accuracy": [run["curves"]["test"]["metric"][-1] for run in runs],
+          "test_accuracy": [run["curves"]["test"]["accuracy"][-1] for run in runs],
           "steps_to_target": _steps_to_target(curve, study.target_accuracy, study.seeds),
           "seconds_per_step": runs[0]["seconds_per_step"]}
 
@@ -201,15 +226,15 @@ def plot_curves(results: list[dict], path) -> None:
   plt.close(fig)
 
 
-def run(study: LISStudy, out_dir="runs/lis", mesh=None) -> list[dict]:
-  """Trains every variant (each population over ``mesh`` if given), prints the table, writes results.csv,
+def run(study: LISStudy, out_dir="runs/lis", devices: int = 1) -> list[dict]:
+  """Trains every variant (each population split over ``devices`` devices), prints the table, writes results.csv,
   results.json, metrics and val_accuracy.png."""
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   results = []
   with MetricsWriter(out) as writer, tqdm(total=study.steps * len(study.variants), desc="LIS", unit="step") as bar:
     for variant in study.variants:
-      results.append(train_variant(study, variant, writer, bar, mesh))
+      results.append(train_variant(study, variant, writer, bar, devices))
   rows = [summarize(r) for r in results]
   table = format_table(rows, study)
   print("\n" + table)
@@ -225,3 +250,50 @@ def run(study: LISStudy, out_dir="runs/lis", mesh=None) -> list[dict]:
 
 def _study_dict(study: LISStudy) -> dict:
   return json.loads(json.dumps(dataclasses.asdict(study), default=list))
+
+
+def add_study_options(command, variants_help: str) -> None:
+  """The options shared by ``energyformer lis`` and ``energyformer sweep``: preset, variants, seeds, budget, devices."""
+  command.add_argument("--preset", default="default", help="default (CPU, minutes), tiny (seconds) or paper (GPU)")
+  command.add_argument("--variants", nargs="+", help=variants_help)
+  command.add_argument("--seeds", type=int, help="models per variant (seeds 0, 1, ...)")
+  command.add_argument("--steps", type=int, help="training steps per model")
+  command.add_argument("--steps-per-call", type=int,
+                       help="training steps per call of the compiled program (fewer host round trips)")
+  command.add_argument("--devices", type=int, default=1,
+                       help="lay each population over this many devices; on a CPU host the CPU is split into as many "
+                            "devices (e.g. one per core), which puts the members on every core")
+
+
+def study_from_args(args) -> LISStudy:
+  """The preset ``args.preset`` with the options given replaced; raises naming a bad option."""
+  if args.preset not in PRESETS:
+    raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}.")
+  for option in ("seeds", "steps", "steps_per_call", "devices"):
+    value = getattr(args, option)
+    if value is not None and value < 1:
+      raise ValueError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
+  overrides = {k: v for k, v in {"seeds": args.seeds, "steps": args.steps, "steps_per_call": args.steps_per_call,
+                                 "variants": tuple(args.variants) if args.variants else None}.items() if v}
+  study = dataclasses.replace(PRESETS[args.preset], **overrides)
+  if study.warmup_steps >= study.steps:
+    study = dataclasses.replace(study, warmup_steps=study.steps // 10)
+  return study
+
+
+def split_cpu(devices: int) -> None:
+  """Makes JAX see ``devices`` devices (on a CPU host, the CPU split into that many) when more than one is asked."""
+  if devices > 1:
+    use_cpu_devices(devices)
+
+
+def _options(command) -> None:
+  add_study_options(command, "attention variants to train (default: all)")
+  command.add_argument("--out", default="runs/lis", help="directory for results.csv/json, metrics and plots")
+
+
+@cli.command("lis", help="train every attention variant on the LIS task over several seeds", options=_options)
+def _command(args) -> None:
+  study = study_from_args(args)
+  split_cpu(args.devices)
+  run(study, args.out, devices=args.devices)

@@ -1,10 +1,11 @@
-"""Checkpoints of a training run with orbax: model state, optimizer state, data iterator and config, together.
+"""Checkpoints of a training run with orbax: model state, optimizer state, data iterators and the run, together.
 
-Each saved step is one directory holding four items: ``params`` and ``opt_state`` (arrays, written
-asynchronously), ``data`` (each process's grain iterator state) and ``config`` (the run's configuration as JSON).
-Restoring reads the arrays straight into the shardings of the current mesh, which may differ from the mesh that
-saved them. A step that cannot be restored is renamed ``<step>.unreadable`` with a warning, and the previous step
-is tried.
+Each saved step is one directory holding four items: ``state`` and ``opt_state`` (the population's arrays, written
+asynchronously), ``data`` (each process's data iterator states) and ``run`` (JSON: the configuration, the task,
+the members and the history of losses and evaluations). Restoring reads the arrays straight into the shardings of
+the current mesh, which may differ from the mesh that saved them. A step that cannot be restored is renamed
+``<step>.unreadable`` with a warning, and the previous step is tried. Single runs and populations use the same
+checkpoints: a single run is the population of one.
 """
 from __future__ import annotations
 
@@ -45,49 +46,51 @@ class Checkpointer:
                                            create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def save(self, step: int, params, opt_state, iterator, config: dict, *, force: bool = False) -> bool:
-    """Starts saving the state after ``step`` steps when ``step`` is a multiple of ``every`` (or ``force``);
-    returns whether it did. Arrays are copied before this returns, so training may go on at once."""
-    if not (force or (self.every is not None and step % self.every == 0)):
-      return False
-    args = ocp.args.Composite(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-                              data=grain.checkpoint.CheckpointSave(iterator), config=ocp.args.JsonSave(config))
+  def due(self, step: int) -> bool:
+    """Whether ``step`` is a multiple of ``every``."""
+    return self.every is not None and step % self.every == 0
+
+  def save(self, step: int, state, opt_state, iterator, run: dict) -> bool:
+    """Starts saving the training state after ``step`` steps; returns whether it did. Arrays are copied before this
+    returns, so training may go on at once. ``iterator`` has grain's ``get_state``/``set_state``."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), opt_state=ocp.args.StandardSave(opt_state),
+                              data=grain.checkpoint.CheckpointSave(iterator), run=ocp.args.JsonSave(run))
     return self.manager.save(step, args=args, force=True)
 
   def steps(self) -> list[int]:
     """The saved steps, oldest first."""
     return sorted(self.manager.all_steps())
 
-  def saved_config(self, step: int) -> dict:
-    """The configuration saved with ``step``."""
-    return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  def saved_run(self, step: int) -> dict:
+    """The run (configuration, members, history) saved with ``step``."""
+    return self.manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))["run"]
 
-  def restore_latest(self, params_target, opt_target, iterator, check_config=None):
-    """``(step, params, opt_state)`` of the newest restorable step, with ``iterator`` set to that step's data
+  def restore_latest(self, state_target, opt_target, iterator, check_run=None):
+    """``(step, state, opt_state, run)`` of the newest restorable step, with ``iterator`` set to that step's data
     position; ``None`` when nothing was saved.
 
-    Targets are pytrees of ``jax.ShapeDtypeStruct`` whose shardings say where the arrays land.
-    ``check_config(saved_config)`` may raise to refuse a checkpoint of another run (nothing is renamed then). A
-    step that fails to restore is set aside as ``<step>.unreadable`` with a warning and the previous one is
-    tried; if none can be restored, raises.
+    Targets are pytrees of ``jax.ShapeDtypeStruct`` whose shardings say where the arrays land (or of NumPy arrays).
+    ``check_run(saved_run)`` may raise to refuse a checkpoint of another run (nothing is renamed then). A step that
+    fails to restore is set aside as ``<step>.unreadable`` with a warning and the previous one is tried; if none
+    can be restored, raises.
     """
     steps = self.steps()
     for step in reversed(steps):
       try:
-        config = self.saved_config(step)
+        run = self.saved_run(step)
       except Exception as error:  # orbax and tensorstore raise many kinds of errors for damaged files
         self._set_aside(step, error)
         continue
-      if check_config is not None:
-        check_config(config)
+      if check_run is not None:
+        check_run(run)
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(params_target), opt_state=ocp.args.StandardRestore(opt_target),
+            state=ocp.args.StandardRestore(state_target), opt_state=ocp.args.StandardRestore(opt_target),
             data=grain.checkpoint.CheckpointRestore(iterator)))
       except Exception as error:  # as above
         self._set_aside(step, error)
         continue
-      return step, restored["params"], restored["opt_state"]
+      return step, restored["state"], restored["opt_state"], run
     if steps:
       raise RuntimeError(f"no checkpoint in {self.directory} could be restored (steps {steps} are set aside as "
                          "*.unreadable); start afresh in a new output directory or remove the checkpoints.")

@@ -1,66 +1,63 @@
-"""The configuration of a pretraining run, as frozen dataclasses that round-trip through JSON."""
+"""The configuration of a training run, as frozen dataclasses that round-trip through JSON."""
 from __future__ import annotations
 
 import dataclasses
 import typing
 
 from energyformer.checks import check_positive_int
-from energyformer.data.text import ByteTokenizer, TextDataConfig
-from energyformer.models.gpt import GPTConfig
 from energyformer.train.checkpoint import CheckpointConfig
 from energyformer.train.mesh import MeshConfig
 from energyformer.train.optim import OptimizerConfig
-from energyformer.train.step import COMPUTE_DTYPES
-
-# Fields that must match for a checkpoint to continue a run exactly (the mesh and the step budget may change).
-RESUME_FIELDS = ("model", "data.corpus", "data.sequence_length", "data.patterns", "data.validation_percent",
-                 "data.shuffle_window", "batch_size", "seed")
+from energyformer.train.programs import COMPUTE_DTYPES
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """A pretraining run: model, data, optimizer, mesh, checkpoints and the step budget.
+class TrainerConfig:
+  """What every member of a run shares: the step budget, the batch, the optimiser's defaults, the mesh, the
+  checkpoints, the precision and how often to log and evaluate.
 
-  ``batch_size`` is global (all processes together; each reads ``batch_size / process_count`` sequences).
-  ``compute_dtype="bfloat16"`` computes the forward and backward passes in bfloat16 with float32 parameters and
-  optimizer state. Every ``eval_every`` steps the validation loss is the mean over ``eval_batches`` fixed batches
-  of the validation split; training metrics are logged every ``log_every`` steps.
+  ``batch_size`` is global per member (all processes together; each reads ``batch_size / process_count``
+  examples). ``compute_dtype="bfloat16"`` computes the forward and backward passes in bfloat16 with float32
+  parameters and optimizer state. Every ``eval_every`` steps (and at the end) the task's evaluation sets are
+  evaluated ``eval_batch_size`` examples at a time (default ``batch_size``); training metrics are logged at step 1
+  and every ``log_every`` steps. ``steps_per_call`` training steps run per call of the compiled program (a
+  ``lax.scan`` over that many batches); calls stop short at every evaluation and checkpoint, so results do not depend
+  on it. ``stop_on_non_finite`` stops the run at a NaN or infinite loss, gradient or parameter (a sweep may rather
+  let a diverging member run on).
   """
 
-  model: GPTConfig
-  data: TextDataConfig = TextDataConfig()
-  optimizer: OptimizerConfig = OptimizerConfig()
-  mesh: MeshConfig = MeshConfig()
-  checkpoint: CheckpointConfig = CheckpointConfig()
   steps: int = 1000
   batch_size: int = 32
-  seed: int = 0
+  optimizer: OptimizerConfig = OptimizerConfig()
+  mesh: MeshConfig = MeshConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig(every=None)
   compute_dtype: str = "float32"
   eval_every: int = 100
-  eval_batches: int = 8
+  eval_batch_size: int | None = None
   log_every: int = 10
+  steps_per_call: int = 1
+  stop_on_non_finite: bool = True
 
   def __post_init__(self):
-    for name in ("steps", "batch_size", "eval_every", "eval_batches", "log_every"):
+    for name in ("steps", "batch_size", "eval_every", "log_every", "steps_per_call"):
       check_positive_int(name, getattr(self, name))
-    if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-      raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}.")
+    if self.eval_batch_size is not None:
+      check_positive_int("eval_batch_size", self.eval_batch_size)
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {self.compute_dtype!r}.")
-    if self.model.context_length < self.data.sequence_length:
-      raise ValueError(f"the model's context_length ({self.model.context_length}) is shorter than the data's "
-                       f"sequence_length ({self.data.sequence_length}); raise context_length or shorten sequences.")
-    if self.model.vocab_size < ByteTokenizer().vocab_size:
-      raise ValueError(f"the model's vocab_size ({self.model.vocab_size}) is smaller than the byte tokenizer's "
-                       f"{ByteTokenizer().vocab_size} tokens; use vocab_size >= {ByteTokenizer().vocab_size}.")
-    if self.optimizer.warmup_steps >= self.steps:
-      raise ValueError(f"optimizer.warmup_steps ({self.optimizer.warmup_steps}) must be smaller than steps "
-                       f"({self.steps}); shorten the warmup or train longer.")
+    check_warmup(self.optimizer.warmup_steps, self.steps)
 
   @property
-  def tokens_per_step(self) -> int:
-    """Tokens the model is trained on in one step (all processes): ``batch_size · sequence_length``."""
-    return self.batch_size * self.data.sequence_length
+  def evaluation_batch_size(self) -> int:
+    """Examples per evaluation slice: ``eval_batch_size``, else ``batch_size``."""
+    return self.eval_batch_size or self.batch_size
+
+
+def check_warmup(warmup_steps, steps: int) -> None:
+  """Raises unless the warmup ends before the last step."""
+  if warmup_steps >= steps:
+    raise ValueError(f"warmup_steps ({warmup_steps:g}) must be smaller than steps ({steps}); shorten the warmup or "
+                     "train longer.")
 
 
 def to_dict(config) -> dict:
@@ -82,16 +79,3 @@ def from_dict(cls, data: dict):
     value, kind = data[field.name], hints[field.name]
     fields[field.name] = from_dict(kind, value) if dataclasses.is_dataclass(kind) else _tuples(value)
   return cls(**fields)
-
-
-def _lookup(data: dict, dotted: str):
-  for key in dotted.split("."):
-    data = data.get(key) if isinstance(data, dict) else None
-  return data
-
-
-def resume_mismatches(saved: dict, config: TrainConfig) -> list[str]:
-  """The ``RESUME_FIELDS`` in which a saved configuration (``to_dict`` form) differs from ``config``."""
-  current = from_dict(TrainConfig, saved)
-  return [name for name in RESUME_FIELDS
-          if _lookup(to_dict(current), name) != _lookup(to_dict(config), name)]

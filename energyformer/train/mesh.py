@@ -1,4 +1,5 @@
-"""The device mesh: named axes ``data``, ``fsdp`` and ``tensor``, their sizes, presets and multi-host start-up."""
+"""The device mesh: named axes ``population``, ``data``, ``fsdp`` and ``tensor``, their sizes, presets and multi-host
+start-up."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +16,16 @@ from energyformer.train.sharding import DEFAULT_RULES, MESH_AXES, check_rules
 class MeshConfig:
   """Sizes of the mesh axes (one of them may be ``-1``: all devices left over) and the sharding rules.
 
-  The mesh holds ``data · fsdp · tensor`` devices, the first ones of ``jax.devices()``.
+  ``population`` splits the members of a population (a sweep, several seeds) over devices; ``data``, ``fsdp`` and
+  ``tensor`` split each member's batch and parameters (``energyformer.train.sharding``). The mesh holds
+  ``population · data · fsdp · tensor`` devices, the first ones of ``jax.devices()``.
   """
 
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
   rules: tuple = DEFAULT_RULES
+  population: int = 1
 
   def __post_init__(self):
     sizes = self.sizes()
@@ -34,9 +38,9 @@ class MeshConfig:
     check_rules(rules)
     object.__setattr__(self, "rules", rules)
 
-  def sizes(self) -> tuple[int, int, int]:
-    """``(data, fsdp, tensor)`` as configured (possibly with one ``-1``)."""
-    return (self.data, self.fsdp, self.tensor)
+  def sizes(self) -> tuple[int, int, int, int]:
+    """``(population, data, fsdp, tensor)`` as configured (possibly with one ``-1``)."""
+    return (self.population, self.data, self.fsdp, self.tensor)
 
 
 PRESETS = {
@@ -49,6 +53,9 @@ PRESETS = {
 
 def parse_mesh(text: str) -> MeshConfig:
   """A preset name (``single``, ``data``, ``fsdp``, ``fsdp_tp``) or sizes such as ``"fsdp=4,tensor=2"``.
+
+  Raises naming the setting and the fix for unknown axes, sizes that are not integers and sizes below 1 (other
+  than one ``-1``).
 
   Axes left out of a size list have size 1, unless no axis is ``-1`` and ``data`` is left out: then ``data``
   takes the remaining devices.
@@ -72,14 +79,15 @@ def parse_mesh(text: str) -> MeshConfig:
   return MeshConfig(**{axis: sizes.get(axis, 1) for axis in MESH_AXES})
 
 
-def mesh_shape(config: MeshConfig, device_count: int) -> tuple[int, int, int]:
+def mesh_shape(config: MeshConfig, device_count: int) -> tuple[int, int, int, int]:
   """The axis sizes with ``-1`` resolved so that the mesh uses ``device_count`` devices (or all it names)."""
   sizes = config.sizes()
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if device_count % known:
       raise ValueError(f"cannot fill mesh {dict(zip(MESH_AXES, sizes))} with {device_count} devices: the fixed axes "
-                       f"need a multiple of {known}; change the sizes so that they divide {device_count}.")
+                       f"need a multiple of {known}; choose sizes whose product divides {device_count} (e.g. "
+                       f"--mesh fsdp) or run on a multiple of {known} devices.")
     sizes = tuple(device_count // known if s == -1 else s for s in sizes)
   if math.prod(sizes) > device_count:
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but only {device_count} "

@@ -1,20 +1,29 @@
-"""The optimizer of a pretraining run: clipped AdamW with linear warmup and cosine decay."""
+"""The optimiser of every training run: clipped AdamW with linear warmup, cosine decay and a weight-decay mask.
+
+Its hyperparameters are arrays, not Python numbers baked into the trace: one compiled step serves a population
+whose members each have their own learning rate, warmup, weight decay, moments' decay rates, ε and clipping bound
+(``jax.vmap`` over ``hyperparameters``' arrays). A single run is the population of one.
+"""
 from __future__ import annotations
 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 from energyformer.checks import check_range
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """AdamW(``b1``, ``b2``, ``eps``, ``weight_decay``) after clipping the global gradient norm to ``clip_norm``,
   at a learning rate that rises linearly from 0 to ``learning_rate`` over ``warmup_steps`` and then decays by a
-  half cosine to ``final_fraction · learning_rate`` at the last step."""
+  half cosine to ``final_fraction · learning_rate`` at the last step. Every field may be swept."""
 
   learning_rate: float = 3e-4
   warmup_steps: int = 100
@@ -26,24 +35,53 @@ class OptimizerConfig:
   clip_norm: float = 1.0
 
   def __post_init__(self):
-    check_range("learning_rate", self.learning_rate, 0.0, low_open=True, fix="Use a positive learning rate.")
-    if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-      raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}.")
-    check_range("final_fraction", self.final_fraction, 0.0, 1.0, fix="Use a fraction of the peak in [0, 1].")
-    check_range("weight_decay", self.weight_decay, 0.0, fix="Use a non-negative weight decay.")
-    check_range("b1", self.b1, 0.0, 1.0, high_open=True, fix="Use 0 <= b1 < 1.")
-    check_range("b2", self.b2, 0.0, 1.0, high_open=True, fix="Use 0 <= b2 < 1.")
-    check_range("clip_norm", self.clip_norm, 0.0, low_open=True, fix="Use a positive gradient-norm bound.")
+    check_hyperparameters(dataclasses.asdict(self))
 
 
-def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
-  """``η(t) = η·t/w`` for ``t < w``, then ``η_f + (η − η_f)·½(1 + cos(π (t − w)/(T − w)))`` with
-  ``η_f = final_fraction · η`` and ``T = total_steps``."""
-  if config.warmup_steps >= total_steps:
-    raise ValueError(f"warmup_steps ({config.warmup_steps}) must be smaller than the number of steps "
-                     f"({total_steps}); shorten the warmup or train longer.")
-  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps, total_steps,
-                                            end_value=config.final_fraction * config.learning_rate)
+HYPERPARAMETERS = tuple(field.name for field in dataclasses.fields(OptimizerConfig))
+
+
+def check_hyperparameters(values: dict) -> None:
+  """Raises, naming the setting and the fix, unless every optimiser hyperparameter in ``values`` is valid."""
+  checks = {
+      "learning_rate": dict(low=0.0, high=FLOAT32_MAX, low_open=True,
+                            fix="Use a positive learning rate that float32 can hold (e.g. 3e-4)."),
+      "warmup_steps": dict(low=0, fix="Use a non-negative number of warmup steps."),
+      "final_fraction": dict(low=0.0, high=1.0, fix="Use a fraction of the peak in [0, 1]."),
+      "weight_decay": dict(low=0.0, high=FLOAT32_MAX, fix="Use a non-negative weight decay."),
+      "b1": dict(low=0.0, high=1.0, high_open=True, fix="Use 0 <= b1 < 1."),
+      "b2": dict(low=0.0, high=1.0, high_open=True, fix="Use 0 <= b2 < 1."),
+      "eps": dict(low=0.0, high=FLOAT32_MAX, low_open=True, fix="Use a small positive eps (e.g. 1e-8)."),
+      "clip_norm": dict(low=0.0, high=FLOAT32_MAX, low_open=True, fix="Use a positive gradient-norm bound."),
+  }
+  for name, value in values.items():
+    if name in checks:
+      limits = checks[name]
+      check_range(name, value, limits.get("low"), limits.get("high"), low_open=limits.get("low_open", False),
+                  high_open=limits.get("high_open", False), fix=limits["fix"])
+  warmup = values.get("warmup_steps")
+  if warmup is not None and (isinstance(warmup, bool) or float(warmup) != int(warmup)):
+    raise ValueError(f"warmup_steps must be a whole number of steps, got {warmup!r}.")
+
+
+def hyperparameters(config: OptimizerConfig, members: list[dict]) -> dict[str, jax.Array]:
+  """Each optimiser hyperparameter as a float32 array over the members: a member's own value where it sets one,
+  else ``config``'s."""
+  return {name: jnp.asarray([float(member.get(name, getattr(config, name))) for member in members], jnp.float32)
+          for name in HYPERPARAMETERS}
+
+
+def learning_rate(count, hparams: dict, total_steps: int):
+  """``η(t) = η·t/w`` for ``t < w``, then ``η_f + (η − η_f)·½(1 + cos(π·min(t − w, T − w)/(T − w)))`` with
+  ``η_f = final_fraction · η``, ``w = warmup_steps`` and ``T = total_steps`` (``optax.warmup_cosine_decay_schedule``
+  with array-valued peak, warmup and end)."""
+  count = jnp.asarray(count, jnp.float32)
+  peak, warmup = hparams["learning_rate"], hparams["warmup_steps"]
+  final = hparams["final_fraction"] * peak
+  decay_steps = jnp.maximum(total_steps - warmup, 1.0)
+  progress = jnp.clip(count - warmup, 0.0, decay_steps) / decay_steps
+  cosine = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+  return jnp.where(count < warmup, peak * count / jnp.maximum(warmup, 1.0), cosine)
 
 
 def _is_variable(node) -> bool:
@@ -61,9 +99,10 @@ def decay_mask(params):
   return jax.tree.map(is_matrix, params, is_leaf=_is_variable)
 
 
-def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-  """``clip_by_global_norm(clip_norm)`` then AdamW at ``learning_rate_schedule``, decaying only ``decay_mask``."""
+def make_optimizer(hparams: dict, total_steps: int) -> optax.GradientTransformation:
+  """``clip_by_global_norm(clip_norm)`` then AdamW(``b1``, ``b2``, ``eps``) at ``learning_rate``'s schedule with
+  decoupled weight decay on ``decay_mask``; ``hparams`` holds one member's hyperparameters (scalars, traced or not)."""
   return optax.chain(
-      optax.clip_by_global_norm(config.clip_norm),
-      optax.adamw(learning_rate_schedule(config, total_steps), config.b1, config.b2, config.eps,
-                  weight_decay=config.weight_decay, mask=decay_mask))
+      optax.clip_by_global_norm(hparams["clip_norm"]),
+      optax.adamw(lambda count: learning_rate(count, hparams, total_steps), hparams["b1"], hparams["b2"],
+                  hparams["eps"], weight_decay=hparams["weight_decay"], mask=decay_mask))

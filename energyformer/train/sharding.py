@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("population", "data", "fsdp", "tensor")
 
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
@@ -74,26 +74,31 @@ def _is_variable(node) -> bool:
   return isinstance(node, nnx.Variable)
 
 
-def tree_shardings(tree, mesh, rules):
-  """The ``NamedSharding`` of every array of ``tree`` (a model state, optimizer state or their abstract shapes).
+def population_shardings(tree, mesh, rules):
+  """The ``NamedSharding`` of every array of ``tree``, a population's state whose arrays have a leading member axis
+  (a model state, an optimizer state, or their abstract shapes).
 
-  NNX variables are laid out by their ``out_sharding`` logical axes (an optimizer's moments keep their
-  parameter's variables, so they follow the parameter); every other leaf (step counts) is replicated. The result
-  has the structure of ``tree``, with ``NamedSharding`` in place of each array.
+  The member axis is split over the ``population`` mesh axis. NNX variables are laid out along their other axes by
+  their ``out_sharding`` logical axes (an optimizer's moments keep their parameter's variables, so they follow the
+  parameter); every other leaf (step counts) is split along its member axis only. The result has the structure of
+  ``tree``, with ``NamedSharding`` in place of each array.
   """
 
   def sharding(path, node):
     if not _is_variable(node):
-      return NamedSharding(mesh, PartitionSpec())
-    axes = node.get_metadata().get("out_sharding") or (None,) * len(node.shape)
-    return node.replace(NamedSharding(mesh, partition_spec(axes, node.shape, rules, mesh, jax.tree_util.keystr(path))))
+      return NamedSharding(mesh, PartitionSpec("population"))
+    member_shape = node.shape[1:]
+    axes = node.get_metadata().get("out_sharding") or (None,) * len(member_shape)
+    spec = partition_spec(axes, member_shape, rules, mesh, jax.tree_util.keystr(path))
+    return node.replace(NamedSharding(mesh, PartitionSpec("population", *spec)))
 
   return jax.tree_util.tree_map_with_path(sharding, tree, is_leaf=_is_variable)
 
 
-def batch_sharding(mesh, rules) -> NamedSharding:
-  """Batches split along their first axis over the ``batch`` rule's mesh axes, replicated along the others."""
-  return NamedSharding(mesh, PartitionSpec(dict(rules).get("batch", ()) or None))
+def batch_sharding(mesh, rules, leading=()) -> NamedSharding:
+  """Batches split along their example axis over the ``batch`` rule's mesh axes, replicated along the others;
+  ``leading`` gives the mesh axes (or ``None``) of the axes before the example axis (steps, members)."""
+  return NamedSharding(mesh, PartitionSpec(*leading, dict(rules).get("batch", ()) or None))
 
 
 def batch_shards(mesh, rules) -> int:

@@ -8,16 +8,16 @@ import pathlib
 import numpy as np
 
 
-def member_rows(results: list[dict], metric_name: str) -> list[dict]:
+def member_rows(results: list[dict]) -> list[dict]:
   """One row per member: its hyperparameters, final train loss (mean of the last 10 steps) and, per evaluation
-  set, the final loss and metric."""
+  set, the final value of each metric (``<set>_<metric>``)."""
   rows = []
   for result in results:
     row = {"member": result["name"], **result["member"],
            "train_loss": float(np.mean(result["train_loss"][-10:]))}
     for name, curve in result["curves"].items():
-      row[f"{name}_loss"] = curve["loss"][-1]
-      row[f"{name}_{metric_name}"] = curve["metric"][-1]
+      for metric, values in curve.items():
+        row[f"{name}_{metric}"] = values[-1]
     row["ms_per_step"] = 1000 * result["seconds_per_step"]
     rows.append(row)
   return rows
@@ -44,7 +44,8 @@ def mean_over_seeds(rows: list[dict], axes: list[str], key: str) -> dict[tuple, 
 
 def plot(rows: list[dict], axes: list[str], key: str, path, structural=()) -> None:
   """A heatmap of ``key`` over the last two numeric axes (one panel per value of the others), or a line plot
-  over one numeric axis (a line per value of the others). Seeds are averaged."""
+  over one numeric axis (a line per value of the others), or one bar per value of the other axes (a single bar
+  when nothing but seeds varies). Seeds are averaged."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -72,7 +73,7 @@ def plot(rows: list[dict], axes: list[str], key: str, path, structural=()) -> No
     x_name = numeric[-1] if numeric else None
     for panel in panel_values:
       points = sorted((k[-1], v) for k, v in means.items() if k[:len(panels)] == panel) if x_name else []
-      label = ", ".join(f"{a}={v}" for a, v in zip(panels, panel))
+      label = ", ".join(f"{a}={v}" for a, v in zip(panels, panel)) or "mean over seeds"
       if points:
         ax.plot(*zip(*points), marker="o", label=label)
       else:
@@ -80,7 +81,8 @@ def plot(rows: list[dict], axes: list[str], key: str, path, structural=()) -> No
     ax.set(xlabel=x_name or "member", ylabel=key)
     if x_name and any(isinstance(row[x_name], float) for row in rows):
       ax.set_xscale("log" if min(row[x_name] for row in rows) > 0 else "linear")
-    ax.legend(fontsize=8)
+    if points:
+      ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -3,40 +3,65 @@ import json
 
 import pytest
 
-from energyformer.cli import _parser, main
-from energyformer.studies import et_commands, et_graphs, et_images
+from energyformer.cli import main, parser
+from energyformer.studies import et_graphs, et_images
 
 
 def _parse(argv):
-  parser = _parser()
-  return parser, parser.parse_args(argv)
+  return parser().parse_args(argv)
 
 
 def test_images_options_replace_the_preset():
-  parser, args = _parse(["et-images", "--preset", "tiny", "--steps", "7", "--masking", "mask75", "--self-exclusion",
-                         "--temperature", "0.01", "--no-baseline", "--dataset", "folder", "--data-dir", "/images"])
-  study = et_commands.images_study(parser, args)
-  assert (study.recipe.steps, study.recipe.optimizer.warmup_steps) == (7, 0)
+  args = _parse(["et-images", "--preset", "tiny", "--steps", "7", "--masking", "mask75", "--self-exclusion",
+                 "--temperature", "0.01", "--no-baseline", "--dataset", "folder", "--data-dir", "/images"])
+  study = et_images.study_from_args(args)
+  assert (study.training.steps, study.training.optimizer.warmup_steps) == (7, 0)
   assert (study.masking, study.dataset, study.data_dir, study.baseline) == ("mask75", "folder", "/images", False)
   assert study.et.self_exclusion and study.et.temperature == 0.01
   assert study.image == et_images.PRESETS["tiny"].image
 
 
 def test_graphs_options_choose_the_source():
-  parser, args = _parse(["et-graphs", "--mat", "YelpChi.mat", "--steps", "50"])
-  study = et_commands.graphs_study(parser, args)
-  assert (study.source, study.paths, study.recipe.steps) == ("mat", ("YelpChi.mat",), 50)
-  parser, args = _parse(["et-graphs", "--edge-list", "e.txt", "f.npy", "l.txt"])
-  assert et_commands.graphs_study(parser, args).paths == ("e.txt", "f.npy", "l.txt")
+  study = et_graphs.study_from_args(_parse(["et-graphs", "--mat", "YelpChi.mat", "--steps", "50"]))
+  assert (study.source, study.paths, study.training.steps) == ("mat", ("YelpChi.mat",), 50)
+  args = _parse(["et-graphs", "--edge-list", "e.txt", "f.npy", "l.txt"])
+  assert et_graphs.study_from_args(args).paths == ("e.txt", "f.npy", "l.txt")
 
 
-def test_bad_options_raise():
-  with pytest.raises(SystemExit):
-    main(["et-images", "--preset", "huge"])
+def test_bad_options_raise(capsys):
+  for argv, message in ((["et-images", "--preset", "huge"], "unknown preset 'huge'"),
+                        (["et-images", "--steps", "0"], "--steps must be a positive integer"),
+                        (["et-graphs", "--mat", "a.mat", "--edge-list", "e", "f", "l"], "either --mat or --edge-list")):
+    with pytest.raises(SystemExit) as exit_info:
+      main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
   with pytest.raises(ValueError, match="masking"):
-    et_commands.images_study(*_parse(["et-images", "--masking", "half"]))
+    et_images.study_from_args(_parse(["et-images", "--masking", "half"]))
   with pytest.raises(ValueError, match="path"):
     et_graphs.ETGraphsStudy(source="mat")
+
+
+def test_ego_graph_batches_resume_exactly():
+  """The graph study's training batches: a copy restored from another's state gives the same next batches."""
+  study = et_graphs.PRESETS["tiny"]
+  task = et_graphs.GraphTask(study)
+  first, second = task.batches({"seed": 3}, 8, 0, 1), task.batches({"seed": 3}, 8, 0, 1)
+  for _ in range(40):  # past the end of an epoch of training nodes
+    next(first)
+  second.set_state(json.loads(json.dumps(first.get_state())))
+  for _ in range(3):
+    a, b = next(first), next(second)
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_completion_task_evaluates_fixed_masks():
+  """The image task's evaluation set holds the held-out images with masks fixed by the study's seed."""
+  study = et_images.PRESETS["tiny"]
+  sets = et_images.CompletionTask(study).evaluation_sets(0, 1)
+  images, replace, score = (sets["test"][k] for k in ("image", "replace", "score"))
+  assert len(images) == len(replace) == len(score) == study.eval_images
+  assert (replace.sum(1) == replace[0].sum()).all() and (score >= replace).all()
 
 
 @pytest.mark.slow
@@ -45,6 +70,7 @@ def test_et_images_tiny_run_writes_its_outputs(tmp_path):
   results = json.loads((tmp_path / "results.json").read_text())
   assert {"et", "transformer", "mean_patch"} <= set(results)
   assert results["energy_monotone_fraction"] == 1.0
+  assert results["et"]["evaluations"][-1]["step"] == et_images.PRESETS["tiny"].training.steps
   for name in ("completion.png", "energy.png", "metrics.jsonl"):
     assert (tmp_path / name).stat().st_size > 0
 

@@ -47,21 +47,34 @@ def test_tiny_study_writes_table_and_files(tmp_path, capsys):
   for run in saved["runs"]:
     assert [step for step, _ in run["curve"]] == [3, 6]
     assert len(run["val_accuracy"]) == len(run["test_accuracy"]) == study.seeds
-  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-  assert len(lines) == 2 * 2 * 2  # variants × seeds × evaluations
+  lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  evaluations = [line for line in lines if any(key.endswith("val/accuracy") for key in line)]
+  assert len(evaluations) == 2 * 2 * 2  # variants × seeds × evaluations
   assert (tmp_path / "results.csv").read_text().count("\n") == 3
   assert (tmp_path / "val_accuracy.png").stat().st_size > 0
   assert any((tmp_path / "tensorboard").iterdir())
 
 
-def test_bad_study_options_are_named():
+def test_bad_study_options_are_named(capsys):
   """Unknown variants, a zero seed count and an unknown preset are refused with the option's name."""
   with pytest.raises(ValueError, match="variant"):
     lis.LISStudy(variants=("standard", "flash"))
   with pytest.raises(ValueError, match="seeds"):
     lis.LISStudy(seeds=0)
-  with pytest.raises(SystemExit):
-    cli.main(["lis", "--preset", "huge"])
+  for options, message in ((["--preset", "huge"], "unknown preset 'huge'"),
+                           (["--devices", "0"], "--devices must be at least 1, got 0"),
+                           (["--steps", "-5"], "--steps must be at least 1, got -5")):
+    with pytest.raises(SystemExit) as exit_info:
+      cli.main(["lis", *options])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_the_study_trains_with_the_one_optimiser():
+  """The study's budget is the trainer's: AdamW with the decay mask, its b2, decaying to final_fraction."""
+  config = lis.PRESETS["default"].trainer_config(devices=2)
+  assert (config.optimizer.b2, config.optimizer.final_fraction, config.mesh.population) == (0.999, 0.0, 2)
+  assert config.steps == lis.PRESETS["default"].steps and not config.stop_on_non_finite
 
 
 def test_experiment_script_is_the_cli(tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from energyformer.data.text import corpus_source
-from energyformer.train import loop
+from energyformer.studies import pretrain
 from train_fixtures import tiny_config, write_corpus
 from train_mesh_worker import record
 
@@ -40,7 +40,7 @@ MESH_AXES_OF = {  # logical axis -> the mesh axes the default rules give it (an 
 def corpus(tmp_path_factory):
   root = tmp_path_factory.mktemp("mesh")
   corpus = write_corpus(root / "corpus"), root / "datasets"
-  corpus_source(tiny_config(*corpus).data, "train")  # built once here, before two processes read it
+  corpus_source(tiny_config(*corpus).task.data, "train")  # built once here, before two processes read it
   return corpus
 
 
@@ -52,7 +52,7 @@ def results(corpus, tmp_path_factory):
          "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"}
   worker = subprocess.Popen([sys.executable, str(TESTS / "train_mesh_worker.py"), *map(str, corpus), str(root / "out")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=TESTS)
-  single = record(loop.train(tiny_config(*corpus, every=None), root / "single", progress=False))
+  single = record(pretrain.train(tiny_config(*corpus, every=None), root / "single", progress=False))
   _, stderr = worker.communicate(timeout=600)
   assert worker.returncode == 0, stderr[-3000:]
   results = json.loads((root / "out" / "results.json").read_text())
@@ -67,8 +67,10 @@ def _spec_axes(entry):
 def test_runs_on_eight_devices(results):
   assert results["device_count"] == 8
   assert {name: run["mesh"] for name, run in results["runs"].items()} == {
-      "single": {"data": 1, "fsdp": 1, "tensor": 1}, "data": {"data": 8, "fsdp": 1, "tensor": 1},
-      "fsdp": {"data": 1, "fsdp": 8, "tensor": 1}, "fsdp_tp": {"data": 1, "fsdp": 4, "tensor": 2}}
+      "single": {"population": 1, "data": 1, "fsdp": 1, "tensor": 1},
+      "data": {"population": 1, "data": 8, "fsdp": 1, "tensor": 1},
+      "fsdp": {"population": 1, "data": 1, "fsdp": 8, "tensor": 1},
+      "fsdp_tp": {"population": 1, "data": 1, "fsdp": 4, "tensor": 2}}
 
 
 @pytest.mark.parametrize("mesh", ["data", "fsdp", "fsdp_tp"])
@@ -83,6 +85,7 @@ def test_sharded_runs_follow_the_single_device_trajectory(results, mesh):
 def test_parameters_are_sharded_as_the_rules_say(results, mesh):
   run = results["runs"][mesh]
   for name, param in run["layout"].items():
+    assert param["members"] == "population", name
     expected = [MESH_AXES_OF[axis] for axis in param["axes"]]
     assert [_spec_axes(entry) for entry in param["spec"]] == expected, name
     pieces = [math.prod(run["mesh"][a] for a in axes) for axes in expected]
@@ -103,13 +106,18 @@ def test_checkpoint_from_one_mesh_resumes_on_another(results):
 
 def test_bfloat16_compute_keeps_float32_state_and_tracks_float32_losses(results):
   bf16, single = results["bf16"], results["runs"]["single"]
-  assert bf16["dtypes"] == ["float32", "int32"]  # parameters and moments float32; int32 step counts
+  assert bf16["dtypes"] == ["float32", "int32"]  # parameters, moments and hyperparameters float32; step counts
   np.testing.assert_allclose(bf16["losses"], single["losses"], rtol=1e-2)  # measured: 5e-4
 
 
-def test_batch_not_divisible_by_the_data_parallel_size_is_refused(results):
-  message = results["bad_batch_error"]
-  assert "batch_size 12" in message and "data-parallel size 8" in message and "multiple of 8" in message
+def test_meshes_that_do_not_fit_are_refused_by_the_command_without_a_traceback(results):
+  """On 8 devices, ``--batch-size 12 --mesh data`` and ``--mesh fsdp=3`` end with a message naming the setting and
+  the fix (exit status 2, checked in the worker), no traceback, and nothing written."""
+  batch, mesh = results["errors"]["bad_batch"], results["errors"]["bad_mesh"]
+  assert "batch_size 12" in batch and "data-parallel size 8" in batch and "multiple of 8" in batch
+  assert "cannot fill mesh" in mesh and "multiple of 3" in mesh
+  assert "Traceback" not in batch + mesh
+  assert not {"bad_batch", "bad_mesh"} & set(results["written"])
 
 
 PROCESS_SCRIPT = """
@@ -117,11 +125,12 @@ import json, sys
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.config.update("jax_num_cpu_devices", 2)
-from energyformer.train import loop, mesh
+from energyformer.train import mesh
 mesh.initialize_distributed(sys.argv[1], 2, int(sys.argv[2]))
+from energyformer.studies import pretrain
 from train_fixtures import tiny_config
-result = loop.train(tiny_config(sys.argv[3], sys.argv[4], mesh=mesh.PRESETS["fsdp"], every=4), sys.argv[5],
-                    progress=False)
+result = pretrain.train(tiny_config(sys.argv[3], sys.argv[4], mesh=mesh.PRESETS["fsdp"], every=4), sys.argv[5],
+                        progress=False)
 print(json.dumps({"processes": jax.process_count(), "devices": jax.device_count(), "start": result.start_step,
                   "losses": result.losses}))
 """

@@ -1,4 +1,5 @@
-"""The training loop on one device: exact resumption, damaged checkpoints, non-finite losses, stop signals."""
+"""The one training loop on one device, driven by the pretraining task: exact resumption, damaged checkpoints,
+non-finite losses and parameters, stop signals, the pretrain command, and a sweep member equal to the run alone."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,14 +14,14 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from energyformer import cli
-from energyformer.train import loop, pretrain
+from energyformer.studies import pretrain
+from energyformer.train import population, trainer
 from energyformer.train.checkpoint import Checkpointer
 from energyformer.train.config import to_dict
-from energyformer.train.mesh import make_mesh
-from energyformer.train.programs import programs
 from train_fixtures import tiny_config, write_corpus
 
 TESTS = pathlib.Path(__file__).parents[1]
@@ -41,11 +42,11 @@ def straight(corpus, tmp_path_factory):
   """Eight uninterrupted steps (checkpoints at 2, 4, 6, 8; the newest two kept)."""
   out = tmp_path_factory.mktemp("straight")
   config = tiny_config(*corpus)
-  return config, out, loop.train(config, out, progress=False)
+  return config, out, pretrain.train(config, out, progress=False)
 
 
 def _leaves(result):
-  return [np.asarray(x) for x in jax.tree.leaves((result.params, result.opt_state))]
+  return [np.asarray(x) for x in jax.tree.leaves((result.state, result.opt_state))]
 
 
 def _assert_bitwise_equal(result, reference):
@@ -56,12 +57,12 @@ def test_training_lowers_the_loss_and_logs_metrics(straight):
   config, out, result = straight
   assert result.start_step == 0 and result.step == 8 and len(result.losses) == 8
   assert result.losses[-1] < result.losses[0]
-  assert [step for step, _ in result.validation] == [4, 8]
+  assert [step for step, _ in result.history["evaluations"]] == [4, 8]
   lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
   assert {"train/loss", "train/grad_norm", "train/learning_rate"} <= set(lines[0])
   assert [line["step"] for line in lines if "val/loss" in line] == [4, 8]
   assert (out / "tensorboard").is_dir()
-  assert Checkpointer(out / "checkpoints", config.checkpoint).steps() == [6, 8]
+  assert Checkpointer(out / "checkpoints", config.trainer.checkpoint).steps() == [6, 8]
 
 
 def test_resume_after_a_hard_kill_is_bitwise_exact(straight, tmp_path):
@@ -74,8 +75,8 @@ def test_resume_after_a_hard_kill_is_bitwise_exact(straight, tmp_path):
       raise SimulatedCrash
 
   with pytest.raises(SimulatedCrash):
-    loop.train(config, tmp_path, progress=False, on_step=crash_at_4)
-  resumed = loop.train(config, tmp_path, progress=False)
+    pretrain.train(config, tmp_path, progress=False, on_step=crash_at_4)
+  resumed = pretrain.train(config, tmp_path, progress=False)
   assert resumed.start_step == 4
   assert resumed.losses == reference.losses[4:]
   _assert_bitwise_equal(resumed, reference)
@@ -87,13 +88,13 @@ def test_damaged_latest_checkpoint_warns_and_falls_back(straight, tmp_path, dama
   shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
   latest = tmp_path / "checkpoints" / "8"
   if damage == "truncated arrays":
-    for path in (latest / "params").rglob("*"):
+    for path in (latest / "state").rglob("*"):
       if path.is_file() and path.stat().st_size > 0:
         path.write_bytes(path.read_bytes()[:7])
   else:
     shutil.rmtree(latest / "opt_state")
   with pytest.warns(RuntimeWarning, match="checkpoint step 8 .* is damaged or incomplete"):
-    resumed = loop.train(config, tmp_path, progress=False)
+    resumed = pretrain.train(config, tmp_path, progress=False)
   assert resumed.start_step == 6
   assert (tmp_path / "checkpoints" / "8.unreadable").is_dir()
   _assert_bitwise_equal(resumed, reference)
@@ -102,28 +103,53 @@ def test_damaged_latest_checkpoint_warns_and_falls_back(straight, tmp_path, dama
 def test_resume_refuses_checkpoints_of_another_run(straight, tmp_path):
   config, out, _ = straight
   shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
-  with pytest.raises(ValueError, match="different seed.*new output directory"):
-    loop.train(dataclasses.replace(config, seed=1), tmp_path, progress=False)
+  with pytest.raises(ValueError, match="different members.*new output directory"):
+    pretrain.train(dataclasses.replace(config, seed=1), tmp_path, progress=False)
+  other_data = dataclasses.replace(config.task.data, sequence_length=8)
+  with pytest.raises(ValueError, match="different task.*new output directory"):
+    pretrain.train(dataclasses.replace(config, task=dataclasses.replace(config.task, data=other_data)), tmp_path,
+                   progress=False)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["6", "8"]
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(straight, tmp_path, monkeypatch):
   config, _, _ = straight
-  compiled = programs(config, make_mesh(config.mesh))
+  real_programs = trainer.programs
 
-  def diverging_step(params, opt_state, batch):
-    params, opt_state, metrics = compiled.step(params, opt_state, batch)
-    if int(jax.tree.leaves(opt_state)[0]) >= 5:  # the optimizer's step count
-      metrics = {**metrics, "loss": np.float32("nan")}
-    return params, opt_state, metrics
+  def diverging(*args):
+    compiled = real_programs(*args)
 
-  monkeypatch.setattr(loop, "programs", lambda *args: dataclasses.replace(compiled, step=diverging_step))
-  with pytest.raises(loop.NonFiniteLossError, match=r"step 5 .*last good checkpoint \(step 4\)"):
-    loop.train(config, tmp_path, progress=False)
-  checkpointer = Checkpointer(tmp_path / "checkpoints", config.checkpoint)
-  assert checkpointer.steps() == [2, 4]
-  step, params, _ = checkpointer.restore_latest(*compiled.restore_targets(), loop.data_pipelines(config)[0])
-  assert step == 4 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+    def steps(state, opt_state, batches, hparams, seeds, first):
+      state, opt_state, metrics = compiled.steps(state, opt_state, batches, hparams, seeds, first)
+      bad = (first + np.arange(len(metrics["loss"])) + 1 >= 5)[:, None]
+      return state, opt_state, {**metrics, "loss": np.where(bad, np.nan, metrics["loss"]),
+                                "finite": ~bad & np.asarray(metrics["finite"])}
+
+    return dataclasses.replace(compiled, steps=steps)
+
+  monkeypatch.setattr(trainer, "programs", diverging)
+  with pytest.raises(trainer.NonFiniteLossError, match=r"step 5 .*last good checkpoint \(step 4\)"):
+    pretrain.train(config, tmp_path, progress=False)
+  assert Checkpointer(tmp_path / "checkpoints", config.trainer.checkpoint).steps() == [2, 4]
+  monkeypatch.undo()
+  resumed = pretrain.train(config, tmp_path, progress=False)
+  assert resumed.start_step == 4 and all(np.isfinite(leaf).all() for leaf in _leaves(resumed))
+
+
+def test_overflowing_learning_rate_never_saves_non_finite_parameters(straight, tmp_path):
+  """A learning rate float32 can hold but the parameters cannot: the run stops at the first non-finite loss,
+  gradient or parameter, and every checkpoint it saved holds finite parameters."""
+  config, _, _ = straight
+  optimizer = dataclasses.replace(config.trainer.optimizer, learning_rate=3e38, clip_norm=1e30)
+  settings = dataclasses.replace(config.trainer, optimizer=optimizer,
+                                 checkpoint=dataclasses.replace(config.trainer.checkpoint, every=1, keep=8))
+  with pytest.raises(trainer.NonFiniteLossError, match=r"non-finite training loss, gradient or parameters"):
+    pretrain.train(dataclasses.replace(config, trainer=settings), tmp_path, progress=False)
+  checkpointer = Checkpointer(tmp_path / "checkpoints", settings.checkpoint)
+  assert checkpointer.steps()
+  for step in checkpointer.steps():
+    restored = checkpointer.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["state"])), step
 
 
 def test_ctrl_c_finishes_the_step_saves_and_returns(straight, tmp_path):
@@ -133,9 +159,9 @@ def test_ctrl_c_finishes_the_step_saves_and_returns(straight, tmp_path):
     if step == 3:
       os.kill(os.getpid(), signal.SIGINT)
 
-  result = loop.train(config, tmp_path, progress=False, on_step=interrupt_at_3)
+  result = pretrain.train(config, tmp_path, progress=False, on_step=interrupt_at_3)
   assert (result.stopped_by, result.step) == ("SIGINT", 4)
-  assert Checkpointer(tmp_path / "checkpoints", config.checkpoint).steps() == [2, 4]
+  assert Checkpointer(tmp_path / "checkpoints", config.trainer.checkpoint).steps() == [2, 4]
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
 
 
@@ -144,10 +170,10 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(straight, tmp_p
   run resumed from that checkpoint ends bitwise where the uninterrupted run did."""
   config, _, reference = straight
   (tmp_path / "config.json").write_text(json.dumps(to_dict(config)))
-  script = ("import json, sys, time; from energyformer.train import loop; "
-            "from energyformer.train.config import TrainConfig, from_dict; "
-            "config = from_dict(TrainConfig, json.load(open(sys.argv[1]))); "
-            "result = loop.train(config, sys.argv[2], progress=False, on_step=lambda *_: time.sleep(0.3)); "
+  script = ("import json, sys, time; from energyformer.studies import pretrain; "
+            "from energyformer.train.config import from_dict; "
+            "config = from_dict(pretrain.Pretraining, json.load(open(sys.argv[1]))); "
+            "result = pretrain.train(config, sys.argv[2], progress=False, on_step=lambda *_: time.sleep(0.3)); "
             "print('stopped by', result.stopped_by, 'at step', result.step)")
   process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "config.json"), str(tmp_path)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -162,9 +188,9 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(straight, tmp_p
   assert process.returncode == 0, stderr
   assert "stopped by SIGTERM" in stdout
   step = int(stdout.split()[-1])
-  assert 3 <= step < config.steps
-  assert Checkpointer(tmp_path / "checkpoints", config.checkpoint).steps()[-1] == step
-  resumed = loop.train(config, tmp_path, progress=False)
+  assert 3 <= step < config.trainer.steps
+  assert Checkpointer(tmp_path / "checkpoints", config.trainer.checkpoint).steps()[-1] == step
+  resumed = pretrain.train(config, tmp_path, progress=False)
   assert resumed.start_step == step
   assert resumed.losses == reference.losses[step:]
   _assert_bitwise_equal(resumed, reference)
@@ -173,8 +199,8 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(straight, tmp_p
 def test_pretrain_run_writes_the_validation_plot_and_summary(straight, tmp_path, capsys):
   config, _, reference = straight
   summary = pretrain.run(config, tmp_path, progress=False)
-  assert summary["steps"] == 8 and summary["first_train_loss"] == reference.losses[0]
-  assert summary["final_val_loss"] == reference.validation[-1][1]
+  assert summary["steps"] == 8 and summary["first_train_loss"] == reference.losses[0][0]
+  assert summary["final_val_loss"] == reference.history["evaluations"][-1][1]["val"]["loss"][0]
   assert (tmp_path / "val_loss.png").stat().st_size > 0 and (tmp_path / "summary.json").exists()
   assert "8 steps: training loss" in capsys.readouterr().out
 
@@ -182,11 +208,12 @@ def test_pretrain_run_writes_the_validation_plot_and_summary(straight, tmp_path,
 def test_pretrain_presets_take_command_line_overrides():
   config = pretrain.configure("tiny", variant="nesterov", steps=20, mesh="fsdp=2", bf16=True, corpus="/data/text",
                               patterns=["*.md"])
-  assert config.model.variant == "nesterov" and config.steps == 20 and config.optimizer.warmup_steps == 2
-  assert config.data.patterns == ("*.md",)
-  assert (config.mesh.data, config.mesh.fsdp, config.compute_dtype, config.data.corpus) == (-1, 2, "bfloat16",
-                                                                                            "/data/text")
-  assert pretrain.configure("gpt2-124m").model.dim == 768
+  task, settings = config.task, config.trainer
+  assert task.model.variant == "nesterov" and settings.steps == 20 and settings.optimizer.warmup_steps == 2
+  assert task.data.patterns == ("*.md",)
+  assert (settings.mesh.data, settings.mesh.fsdp, settings.compute_dtype, task.data.corpus) == (-1, 2, "bfloat16",
+                                                                                              "/data/text")
+  assert pretrain.configure("gpt2-124m").task.model.dim == 768
   with pytest.raises(ValueError, match="unknown pretraining preset 'huge'"):
     pretrain.configure("huge")
 
@@ -194,13 +221,36 @@ def test_pretrain_presets_take_command_line_overrides():
 @pytest.mark.parametrize("options, message", [
     (["--config", "huge"], "unknown pretraining preset"),
     (["--mesh", "model=2"], "unknown mesh axis 'model'"),
-    (["--variant", "adam"], "unknown attention variant 'adam'"),
+    (["--variant", "adam"], "unknown attention variant(s) ['adam']"),
     (["--data", "/no/such/folder"], "'/no/such/folder' does not exist"),
+    (["--steps", "-5"], "steps must be a positive integer, got -5"),
+    (["--learning-rate", "1e39"], "learning_rate must lie in (0.0, 3.4"),
 ])
-def test_pretrain_command_reports_bad_options(options, message, capsys):
+def test_pretrain_command_reports_bad_options(options, message, corpus, tmp_path, capsys):
+  """Every bad setting: a message naming it and the fix, exit status 2, no traceback, nothing written (meshes
+  that do not fit 8 devices: test_train_mesh.py)."""
+  data = [] if "--data" in options else ["--data", str(corpus[0]), "--data-dir", str(corpus[1])]
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(["pretrain", *options])
-  assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    cli.main(["pretrain", *options, *data, "--out", str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+  assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_sweep_member_equals_the_pretrain_run_with_its_hyperparameters(straight, tmp_path):
+  """Three members (learning rate, weight decay, warmup, b2 and seed varied) trained as one vmapped population
+  follow, each, the single pretraining run with the same hyperparameters (loss curves to rtol 1e-5)."""
+  config, _, _ = straight
+  members = [{"seed": 0, "learning_rate": 1e-2}, {"seed": 1, "learning_rate": 3e-3, "weight_decay": 0.3},
+             {"seed": 2, "learning_rate": 2e-2, "warmup_steps": 4, "b2": 0.99}]
+  settings = dataclasses.replace(config.trainer, checkpoint=dataclasses.replace(config.trainer.checkpoint, every=None))
+  results = population.train_population(config.task, members, settings)
+  for member, result in zip(members, results):
+    optimizer = dataclasses.replace(settings.optimizer, **{k: v for k, v in member.items() if k != "seed"})
+    alone = pretrain.train(dataclasses.replace(config, trainer=dataclasses.replace(settings, optimizer=optimizer),
+                                               seed=member["seed"]), None, progress=False)
+    np.testing.assert_allclose(result["train_loss"], [losses[0] for losses in alone.losses], rtol=1e-5)
+  assert len({round(r["train_loss"][-1], 5) for r in results}) == 3
 
 
 @pytest.mark.slow

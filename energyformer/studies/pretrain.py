@@ -1,0 +1,308 @@
+"""Pretraining the GPT decoder on text: the task, presets, the ``energyformer pretrain`` command and its report.
+
+Presets (byte-level tokens, vocabulary padded to 320; any attention variant):
+
+=============  ============================================  ============  ==========  ======================
+preset         model                                         batch × seq   parameters  for
+=============  ============================================  ============  ==========  ======================
+``tiny``       2 layers, width 64, 4 heads × 16, MLP 256      16 × 128      0.13M       CPU, a few minutes
+``small``      6 layers, width 256, 8 heads × 32, MLP 1024    64 × 256      4.9M        one GPU
+``gpt2-124m``  12 layers, width 768, 12 heads × 64, MLP 3072  512 × 1024    86M         GPUs, TPU slices; bf16
+=============  ============================================  ============  ==========  ======================
+
+``gpt2-124m`` has GPT-2 small's shape; with 320 byte tokens instead of GPT-2's 50 257 its embedding is smaller
+(86M parameters instead of 124M). The default corpus is the Python standard library's source (about 30 MB); large
+presets want a larger corpus (``corpus="tfds:c4/en"``, ``"tfds:lm1b"`` or a directory of text files).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from energyformer import cli
+from energyformer.checks import check_positive_int
+from energyformer.data.text import ByteTokenizer, TextDataConfig, check_corpus, corpus_source, text_dataset
+from energyformer.models.gpt import GPT, GPTConfig
+from energyformer.studies import decoder
+from energyformer.train import trainer
+from energyformer.train.checkpoint import CheckpointConfig
+from energyformer.train.config import TrainerConfig, to_dict
+from energyformer.train.mesh import initialize_distributed, parse_mesh
+from energyformer.train.optim import OptimizerConfig
+from energyformer.train.task import data_seed
+
+VOCAB_SIZE = 320  # the byte tokenizer's 257 ids, padded to a multiple of 64 (divisible by any tensor-parallel size)
+# The data settings a checkpoint must match to be resumed (where the data lives and how it is read may change).
+DATA_IDENTITY = ("corpus", "sequence_length", "patterns", "validation_percent", "shuffle_window", "feature")
+
+
+def next_token_loss(model, tokens) -> jax.Array:
+  """Mean cross-entropy ``−(1/BT) Σ_{b,t} log softmax(model(x)_{b,t})[x_{b,t+1}]`` over tokens (B, T + 1),
+  computed in float32 whatever the model's compute precision."""
+  logits = model(tokens[:, :-1]).astype(jnp.float32)
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]))
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTask:
+  """Next-byte prediction on a text corpus with the GPT decoder ``model`` (``energyformer.train.task.Task``).
+
+  The validation loss is the mean over the first ``eval_sequences`` sequences of the validation split, in file
+  order.
+  """
+
+  model: GPTConfig
+  data: TextDataConfig = TextDataConfig()
+  eval_sequences: int = 128
+  hyperparameters = decoder.hyperparameters()
+  structural = decoder.STRUCTURAL
+
+  def __post_init__(self):
+    check_positive_int("eval_sequences", self.eval_sequences)
+    if self.model.context_length < self.data.sequence_length:
+      raise ValueError(f"the model's context_length ({self.model.context_length}) is shorter than the data's "
+                       f"sequence_length ({self.data.sequence_length}); raise context_length or shorten sequences.")
+    if self.model.vocab_size < ByteTokenizer().vocab_size:
+      raise ValueError(f"the model's vocab_size ({self.model.vocab_size}) is smaller than the byte tokenizer's "
+                       f"{ByteTokenizer().vocab_size} tokens; use vocab_size >= {ByteTokenizer().vocab_size}.")
+
+  def create_model(self, member, rngs, batch_axes):
+    """The member's decoder."""
+    return decoder.decoder(self.model, member, rngs, batch_axes)
+
+  def batches(self, member, batch_size, shard_index, shard_count):
+    """This process's documents of the training split, in the member's data order."""
+    return iter(text_dataset(corpus_source(self.data, "train"), self.data, batch_size=batch_size,
+                             seed=data_seed(member), shard_index=shard_index, shard_count=shard_count))
+
+  def loss(self, model, batch, key):
+    """``next_token_loss``."""
+    return next_token_loss(model, batch["tokens"])
+
+  def evaluation_sets(self, shard_index, shard_count):
+    """``val``: this process's share of the first ``eval_sequences`` validation sequences."""
+    count = max(self.eval_sequences // shard_count, 1)
+    sequences = text_dataset(corpus_source(self.data, "validation"), self.data, batch_size=count, seed=0,
+                             shard_index=shard_index, shard_count=shard_count, shuffle=False)
+    return {"val": next(iter(sequences))}
+
+  def evaluate(self, model, batch):
+    """``{"loss": next_token_loss}``."""
+    return {"loss": next_token_loss(model, batch["tokens"])}
+
+  def identity(self) -> dict:
+    """The model and the data's content settings."""
+    return {"model": to_dict(self.model), "data": {k: getattr(self.data, k) for k in DATA_IDENTITY}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretraining:
+  """A pretraining run: the task, the trainer's settings and the seed (initialisation and data order)."""
+
+  task: TextTask
+  trainer: TrainerConfig
+  seed: int = 0
+
+  def __post_init__(self):
+    if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+      raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}.")
+
+  @property
+  def tokens_per_step(self) -> int:
+    """Tokens the model is trained on in one step (all processes): ``batch_size · sequence_length``."""
+    return self.trainer.batch_size * self.task.data.sequence_length
+
+
+@functools.cache
+def presets() -> dict[str, Pretraining]:
+  """The presets by name (built on first use: building a decoder configuration starts JAX, which must wait until a
+  command has chosen its devices)."""
+  return {
+      "tiny": Pretraining(
+          TextTask(GPTConfig(VOCAB_SIZE, 128, dim=64, num_heads=4, head_dim=16, depth=2, mlp_hidden=256, remat=False),
+                   TextDataConfig(sequence_length=128, shuffle_window=512), eval_sequences=128),
+          TrainerConfig(steps=300, batch_size=16, optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=30,
+                                                                            weight_decay=0.01),
+                        checkpoint=CheckpointConfig(every=100, keep=2), eval_every=50, log_every=10)),
+      "small": Pretraining(
+          TextTask(GPTConfig(VOCAB_SIZE, 256, dim=256, num_heads=8, head_dim=32, depth=6, mlp_hidden=1024),
+                   TextDataConfig(sequence_length=256, shuffle_window=2048, num_threads=4, prefetch=8),
+                   eval_sequences=1024),
+          TrainerConfig(steps=5000, batch_size=64, optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=200),
+                        checkpoint=CheckpointConfig(every=500, keep=3), eval_every=250, log_every=50)),
+      "gpt2-124m": Pretraining(
+          TextTask(GPTConfig(VOCAB_SIZE, 1024, dim=768, num_heads=12, head_dim=64, depth=12, mlp_hidden=3072),
+                   TextDataConfig(sequence_length=1024, shuffle_window=4096, num_threads=16, prefetch=16),
+                   eval_sequences=10240),
+          TrainerConfig(steps=20000, batch_size=512, optimizer=OptimizerConfig(learning_rate=6e-4, warmup_steps=700),
+                        checkpoint=CheckpointConfig(every=1000, keep=3), compute_dtype="bfloat16", eval_every=500,
+                        log_every=20)),
+  }
+
+
+def configure(preset: str = "tiny", *, variant: str | None = None, steps: int | None = None,
+              batch_size: int | None = None, learning_rate: float | None = None, mesh: str | None = None,
+              corpus: str | None = None, data_dir: str | None = None, patterns: tuple[str, ...] | None = None,
+              bf16: bool | None = None, checkpoint_every: int | None = None, seed: int | None = None) -> Pretraining:
+  """``PRESETS[preset]`` with the given settings replaced (``None`` keeps the preset's).
+
+  ``mesh`` is a preset name or sizes (``energyformer.train.mesh.parse_mesh``); ``bf16`` computes in bfloat16;
+  the warmup is shortened to a tenth of ``steps`` when ``steps`` is shorter than the preset's warmup.
+  """
+  if preset not in presets():
+    raise ValueError(f"unknown pretraining preset {preset!r}; choose one of {sorted(presets())}.")
+  for name, value in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
+    if value is not None:
+      check_positive_int(name, value)
+  if variant is not None:
+    decoder.check_variants([variant])
+  run = presets()[preset]
+  optimizer = dataclasses.replace(run.trainer.optimizer, **_given(learning_rate=learning_rate))
+  if steps is not None and optimizer.warmup_steps >= steps:
+    optimizer = dataclasses.replace(optimizer, warmup_steps=steps // 10)
+  task = dataclasses.replace(
+      run.task, model=dataclasses.replace(run.task.model, **_given(variant=variant)),
+      data=dataclasses.replace(run.task.data, **_given(corpus=corpus, data_dir=data_dir, patterns=patterns)))
+  settings = dataclasses.replace(
+      run.trainer, optimizer=optimizer, mesh=run.trainer.mesh if mesh is None else parse_mesh(mesh),
+      checkpoint=dataclasses.replace(run.trainer.checkpoint, **_given(every=checkpoint_every)),
+      **_given(steps=steps, batch_size=batch_size,
+               compute_dtype=None if bf16 is None else "bfloat16" if bf16 else "float32"))
+  return dataclasses.replace(run, task=task, trainer=settings, **_given(seed=seed))
+
+
+def _given(**settings) -> dict:
+  return {name: value for name, value in settings.items() if value is not None}
+
+
+def prepare_corpus(data: TextDataConfig) -> None:
+  """Checks the corpus and builds it; with several processes, process 0 first, so that processes sharing a data
+  directory do not write it at the same time."""
+  check_corpus(data)
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      corpus_source(data, "train")
+    multihost_utils.sync_global_devices("text corpus prepared")
+
+
+def train(run: Pretraining, out_dir, **options) -> trainer.TrainResult:
+  """Trains ``run`` with the trainer (``options`` are ``energyformer.train.trainer.train``'s), resuming from
+  ``out_dir``."""
+  prepare_corpus(run.task.data)
+  return trainer.train(run.task, run.trainer, out_dir, members=[{"seed": run.seed}], **options)
+
+
+def parameter_count(model: GPTConfig) -> int:
+  """Number of trained parameters (``nnx.Param`` entries) of the decoder ``model``."""
+  params = nnx.state(nnx.eval_shape(lambda: GPT(model, rngs=nnx.Rngs(0))), nnx.Param)
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+def read_curves(metrics_path) -> dict[str, list[tuple[int, float]]]:
+  """``{"train/loss": [(step, loss), ...], "val/loss": [...]}`` from ``metrics.jsonl``; a step logged again by a
+  resumed run replaces the earlier entry."""
+  curves: dict[str, dict[int, float]] = {"train/loss": {}, "val/loss": {}}
+  for line in pathlib.Path(metrics_path).read_text().splitlines():
+    record = json.loads(line)
+    for name, points in curves.items():
+      if name in record:
+        points[record["step"]] = record[name]
+  return {name: sorted(points.items()) for name, points in curves.items()}
+
+
+def plot_losses(curves: dict, path, title: str) -> None:
+  """Validation loss (markers) over the training loss (thin line) against step, in nats per byte."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for name, style in (("train/loss", dict(lw=0.8, alpha=0.6)), ("val/loss", dict(marker="o", lw=1.5))):
+    if curves[name]:
+      steps, losses = zip(*curves[name])
+      ax.plot(steps, losses, label=name.replace("/loss", "ing" if name.startswith("train") else "idation"), **style)
+  ax.set(xlabel="step", ylabel="cross-entropy (nats / byte)", title=title)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def run(config: Pretraining, out_dir="runs/pretrain", *, progress: bool = True) -> dict:
+  """Pretrains (resuming from ``out_dir`` when it holds checkpoints of this run), then writes ``val_loss.png``
+  and ``summary.json`` and prints the summary. Returns the summary."""
+  out = pathlib.Path(out_dir)
+  lead = jax.process_index() == 0
+  model = config.task.model
+  if lead:
+    print(f"pretraining a {model.variant} decoder ({parameter_count(model) / 1e6:.2f}M parameters) on "
+          f"{config.task.data.corpus!r}: {config.trainer.steps} steps of {config.tokens_per_step} tokens, "
+          f"{jax.device_count()} {jax.devices()[0].platform} device(s), {config.trainer.compute_dtype}")
+  result = train(config, out, progress=progress)
+  if not lead:
+    return {}
+  curves = read_curves(out / "metrics.jsonl")
+  plot_losses(curves, out / "val_loss.png", f"{model.variant} decoder, byte-level, {config.task.data.corpus}")
+  tokens_per_second = config.tokens_per_step / result.seconds_per_step
+  summary = {"variant": model.variant, "steps": result.step, "resumed_from": result.start_step,
+             "stopped_by": result.stopped_by, "first_train_loss": curves["train/loss"][0][1],
+             "final_train_loss": curves["train/loss"][-1][1],
+             "final_val_loss": curves["val/loss"][-1][1] if curves["val/loss"] else None,
+             "tokens_per_second": tokens_per_second, "seconds": result.seconds,
+             "mesh": dict(result.mesh.shape), "config": to_dict(config)}
+  (out / "summary.json").write_text(json.dumps(summary, indent=1))
+  state = f"stopped by {result.stopped_by} at step {result.step}" if result.stopped_by else f"{result.step} steps"
+  validation = f"{summary['final_val_loss']:.3f}" if curves["val/loss"] else "not measured yet"
+  print(f"{state}: training loss {summary['first_train_loss']:.3f} -> {summary['final_train_loss']:.3f}, "
+        f"validation loss {validation}, {tokens_per_second:.0f} tokens/s, "
+        f"{result.seconds:.0f} s; wrote {out / 'val_loss.png'}, {out / 'metrics.jsonl'} and {out / 'summary.json'}")
+  return summary
+
+
+def _options(command) -> None:
+  command.add_argument("--config", default="tiny", help="tiny (CPU, minutes), small (one GPU), gpt2-124m (GPUs, TPU)")
+  command.add_argument("--variant", help=f"attention variant: {', '.join(decoder.variant_names())}")
+  command.add_argument("--steps", type=int, help="training steps")
+  command.add_argument("--batch-size", type=int, help="global batch size (sequences per step, all devices)")
+  command.add_argument("--learning-rate", type=float, help="peak AdamW learning rate")
+  command.add_argument("--mesh", help="single, data, fsdp, fsdp_tp, or sizes such as fsdp=4,tensor=2 "
+                                      "(default: data parallel over every device)")
+  command.add_argument("--data", help="'stdlib' (default: the Python standard library's source), a directory of "
+                                      "*.txt files, or tfds:NAME (e.g. tfds:lm1b; needs network the first time)")
+  command.add_argument("--patterns", nargs="+", help="file patterns of a --data directory (default: *.txt)")
+  command.add_argument("--data-dir", help="where tfds datasets are written and read "
+                                          "(default: $ENERGYFORMER_DATA_DIR or ~/.cache/energyformer/datasets)")
+  command.add_argument("--bf16", action="store_true", default=None, help="compute in bfloat16 (float32 parameters)")
+  command.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps")
+  command.add_argument("--seed", type=int, help="seed of the initialisation and the data order")
+  command.add_argument("--out", default="runs/pretrain",
+                       help="directory for checkpoints, metrics.jsonl, tensorboard/, val_loss.png, summary.json")
+  command.add_argument("--distributed", action="store_true",
+                       help="multi-host: call jax.distributed.initialize first (auto-detected on TPU pods, SLURM, "
+                            "Open MPI; elsewhere also pass --coordinator, --num-processes, --process-id)")
+  command.add_argument("--coordinator", help="host:port of process 0 (multi-host without auto-detection)")
+  command.add_argument("--num-processes", type=int, help="number of processes (multi-host)")
+  command.add_argument("--process-id", type=int, help="this process's index (multi-host)")
+
+
+@cli.command("pretrain", help="pretrain the GPT decoder on text (byte-level), sharded over a device mesh, resumable",
+             description="Pretrains the GPT-style decoder with any attention variant on a text corpus. Rerunning "
+                         "with the same --out resumes from the newest checkpoint; SIGTERM or Ctrl-C saves one and "
+                         "stops.", options=_options)
+def _command(args) -> None:
+  if args.distributed:
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  config = configure(args.config, variant=args.variant, steps=args.steps, batch_size=args.batch_size,
+                     learning_rate=args.learning_rate, mesh=args.mesh, corpus=args.data, data_dir=args.data_dir,
+                     patterns=args.patterns, bf16=args.bf16, checkpoint_every=args.checkpoint_every, seed=args.seed)
+  check_corpus(config.task.data)
+  run(config, args.out)

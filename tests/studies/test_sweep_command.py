@@ -1,0 +1,71 @@
+"""``energyformer sweep``: the members it builds, what it writes, and its refusals of contradictory options."""
+import json
+
+import pytest
+
+from energyformer import cli
+from energyformer.studies import sweep
+
+
+def test_sweep_command_writes_table_plot_and_curves(tmp_path, capsys):
+  """``energyformer sweep`` prints the member table and best member and writes CSV, JSON, JSONL and a heatmap."""
+  cli.main(["sweep", "--preset", "tiny", "--variants", "momentum", "--grid", "learning_rate=1e-3,1e-2",
+            "--grid", "beta=0,0.5", "--steps", "3", "--out", str(tmp_path)])
+  out = capsys.readouterr().out
+  assert "best member" in out
+  rows = json.loads((tmp_path / "results.json").read_text())["members"]
+  assert {(r["learning_rate"], r["beta"]) for r in rows} == {(1e-3, 0), (1e-3, 0.5), (1e-2, 0), (1e-2, 0.5)}
+  assert (tmp_path / "members.csv").read_text().count("\n") == 5
+  assert (tmp_path / "val_accuracy.png").stat().st_size > 0
+  lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert sum(any(key.endswith("/val/accuracy") for key in line) for line in lines) == 4  # members × evaluations
+
+
+def test_a_population_over_seeds_only_is_reported_and_plotted(tmp_path, capsys):
+  """``--seeds 2`` alone (nothing else swept): the table, results and a plot of the mean over seeds."""
+  cli.main(["sweep", "--preset", "tiny", "--seeds", "2", "--steps", "3", "--out", str(tmp_path)])
+  assert "best member" in capsys.readouterr().out
+  assert (tmp_path / "val_accuracy.png").stat().st_size > 0
+  rows = json.loads((tmp_path / "results.json").read_text())["members"]
+  assert sorted(r["seed"] for r in rows) == [0, 1]
+
+
+def test_sweep_command_builds_grid_and_random_members(monkeypatch, tmp_path):
+  """``--grid`` axes multiply, ``--range`` draws ``--random`` members (``:log`` log-uniformly), and both are
+  crossed with the variants and seeds; seeds a grid sets itself are trained as given."""
+  calls = []
+  monkeypatch.setattr(sweep, "run", lambda task, members, config, out, **options: calls.append((members, config,
+                                                                                              options)))
+  cli.main(["sweep", "--preset", "tiny", "--variants", "momentum", "nesterov", "--seeds", "2", "--grid",
+            "beta=0,0.5", "--grid", "learning_rate=1e-3,3e-3", "--chunk-size", "4", "--steps-per-call", "5",
+            "--out", str(tmp_path)])
+  members, config, options = calls[-1]
+  assert len(members) == 2 * 2 * 2 * 2 and options["chunk_size"] == 4 and config.steps_per_call == 5
+  assert {"beta": 0.5, "learning_rate": 3e-3, "variant": "nesterov", "seed": 1} in members
+  cli.main(["sweep", "--preset", "tiny", "--random", "5", "--range", "learning_rate=1e-4:1e-2:log",
+            "--range", "eta=0.5:1.5", "--out", str(tmp_path)])
+  members, _, _ = calls[-1]
+  assert len(members) == 5 and all(1e-4 <= m["learning_rate"] <= 1e-2 and 0.5 <= m["eta"] <= 1.5
+                                   and m["variant"] == "standard" for m in members)
+  cli.main(["sweep", "--preset", "tiny", "--grid", "seed=3,4", "--grid", "data_seed=7", "--out", str(tmp_path)])
+  members, _, _ = calls[-1]
+  assert [(m["seed"], m["data_seed"]) for m in members] == [(3, 7), (4, 7)]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--grid", "beta"], "--grid expects NAME=VALUES"),
+    (["--grid", "lr=1e-3,3e-3"], "unknown hyperparameter(s) ['lr']"),
+    (["--grid", "seed=1,2", "--seeds", "2"], "--seeds and --grid/--range seed=... both set seeds"),
+    (["--grid", "data_seed=1,2", "--seeds", "2"], "--seeds and --grid/--range data_seed=... both set seeds"),
+    (["--grid", "variant=standard", "--variants", "tied"], "the variants are given twice"),
+    (["--grid", "learning_rate=-1"], "learning_rate must lie in"),
+    (["--devices", "0"], "--devices must be at least 1, got 0"),
+    (["--grid", "beta=0.5", "--variants", "flash"], "unknown attention variant"),
+])
+def test_bad_sweeps_end_with_a_message_and_write_nothing(options, message, tmp_path, capsys):
+  """A bad option: the message, exit status 2, no traceback, and no metrics.jsonl or tensorboard/ left behind."""
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["sweep", "--preset", "tiny", *options, "--out", str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+  assert not (tmp_path / "out").exists()

@@ -5,6 +5,9 @@ An *energy* is any object with
 * ``__call__(params, x, context, mask) -> scalar``: a pure function of the tokens being updated ``x`` (N, D),
   the context ``c`` (M, D), and a boolean mask (N, M) or ``None``;
 * ``specs() -> dict`` of ``ParamSpec``: the parameters it needs (possibly none).
+
+That is all the ``"tied"`` and ``"full"`` derivations need. An energy of bilinear scores also takes the
+``"relaxed"`` one by declaring its relaxed form (``energies.relaxed.ScoreEnergy``).
 """
 from __future__ import annotations
 

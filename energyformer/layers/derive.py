@@ -139,7 +139,8 @@ class Layer:
   """A layer is the triple (energy, solver, derivation): one solver step on the energy's gradient field.
 
   ``params = {"energy": ..., "lagrangian": ...}`` (the second only with a Lagrangian); ``hparams`` are the
-  solver's. ``solver`` may be a ``Solver`` or a registered name (``"gd"``, ``"momentum"``, ...).
+  solver's. ``solver`` may be a ``Solver`` or a registered name (``solvers.names()``: ``"gd"``, ``"momentum"``,
+  ...).
   """
 
   energy: Any

@@ -18,7 +18,7 @@ from energyformer.energies import masks
 from energyformer.energies.base import EnergySum
 from energyformer.energies.params import ParamSpec, init_params
 from energyformer.layers.split import Split
-from energyformer.layers.stack import Rollout, check_unroll, unroll
+from energyformer.layers.stack import Rollout, check_hparam_shapes, check_unroll, unroll
 
 
 class Fixed(nnx.Variable):
@@ -63,21 +63,6 @@ def model_dim(layer) -> int | None:
       if getattr(obj, "dim", None) is not None:
         return obj.dim
   return None
-
-
-def check_hparam_shapes(hparams, depth: int, stacked: bool) -> None:
-  """Raises unless every hyperparameter is a scalar, or a (depth,) array of one value per step when ``stacked``."""
-  expected = (depth,) if stacked else ()
-  for path, value in jax.tree_util.tree_leaves_with_path(hparams):
-    if jnp.shape(value) == expected:
-      continue
-    name = f"hparams{jax.tree_util.keystr(path)}"
-    if stacked:
-      raise ValueError(f"{name} has shape {jnp.shape(value)}, but stacked_hparams=True takes one value per step: "
-                       f"an array of shape ({depth},); pass that, or a scalar with stacked_hparams=False.")
-    hint = (" For one value per step pass stacked_hparams=True." if jnp.shape(value) == (depth,) else "")
-    raise ValueError(f"{name} has shape {jnp.shape(value)}, but a solver hyperparameter is one scalar shared by "
-                     f"every step.{hint} Per-token or per-feature hyperparameters are not supported.")
 
 
 def _check_hparam_tree(layer, hparams, depth: int, stacked: bool):

@@ -29,12 +29,28 @@ def check_unroll(scan_unroll) -> None:
                      f"number of steps per loop iteration, got {scan_unroll!r}.")
 
 
+def check_hparam_shapes(hparams, depth: int, stacked: bool) -> None:
+  """Raises unless every hyperparameter is a scalar, or a (depth,) array of one value per step when ``stacked``."""
+  expected = (depth,) if stacked else ()
+  for path, value in jax.tree_util.tree_leaves_with_path(hparams):
+    if jnp.shape(value) == expected:
+      continue
+    name = f"hparams{jax.tree_util.keystr(path)}"
+    if stacked:
+      raise ValueError(f"{name} has shape {jnp.shape(value)}, but stacked_hparams=True takes one value per step: "
+                       f"an array of shape ({depth},); pass that, or a scalar with stacked_hparams=False.")
+    hint = (" For one value per step pass stacked_hparams=True." if jnp.shape(value) == (depth,) else "")
+    raise ValueError(f"{name} has shape {jnp.shape(value)}, but a solver hyperparameter is one scalar shared by "
+                     f"every step.{hint} Per-token or per-feature hyperparameters are not supported.")
+
+
 def unroll(layer, params, hparams, x, mask=None, *, num_steps: int, stacked_params: bool = True,
            stacked_hparams: bool = False, state=None, record_energy: bool = False, remat: bool = True,
            scan_unroll: int | bool = 1, pin_tokens: bool = False) -> Rollout:
   """``(x_{l+1}, s_{l+1}) = layer.step(θ_l, h_l, x_l, s_l)`` for ``l < num_steps``, one sequence ``x`` (N, D).
 
-  ``θ_l`` is ``params[l]`` when ``stacked_params`` else ``params``; likewise ``h_l`` and ``hparams``.
+  ``θ_l`` is ``params[l]`` when ``stacked_params`` else ``params``; likewise ``h_l`` and ``hparams``, whose leaves
+  are scalars, or (num_steps,) arrays when stacked (``check_hparam_shapes``).
   ``remat`` wraps each step in ``jax.checkpoint`` so training memory stays flat in depth. ``scan_unroll`` is
   ``lax.scan``'s ``unroll``: steps per loop iteration (``True``: no loop). Unrolling a shallow stack removes the
   loop's stacked-residual buffers, a large cost for small models on CPU (``BENCHMARKS.md``). ``pin_tokens``
@@ -46,12 +62,12 @@ def unroll(layer, params, hparams, x, mask=None, *, num_steps: int, stacked_para
   check_unroll(scan_unroll)
   state = layer.init_state(x) if state is None else state
   per_step = {"params": params if stacked_params else None, "hparams": hparams if stacked_hparams else None}
-  for name, stacked in per_step.items():
-    if stacked is not None:
-      depths = {leaf.shape[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(stacked)}
-      if depths and depths != {num_steps}:
-        raise ValueError(f"stacked {name} must have a leading depth axis of size num_steps={num_steps}, got "
-                         f"sizes {sorted(depths, key=str)}; stack one set per step or pass stacked_{name}=False.")
+  if stacked_params:
+    depths = {leaf.shape[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(params)}
+    if depths and depths != {num_steps}:
+      raise ValueError(f"stacked params must have a leading depth axis of size num_steps={num_steps}, got "
+                       f"sizes {sorted(depths, key=str)}; stack one set per step or pass stacked_params=False.")
+  check_hparam_shapes(hparams, num_steps, stacked_hparams)
 
   def body(carry, xs):
     tokens, solver_state = carry

@@ -373,8 +373,10 @@ def test_stacked_hparams_of_wrong_depth_raise():
   with pytest.raises(ValueError, match=r"hparams\['eta'\].*\(3,\)"):
     EnergyStack(layer, 3, rngs=nnx.Rngs(27), stacked_hparams=True, hparams={"eta": jnp.full((2,), 0.1)})
   stack = EnergyStack(layer, 3, rngs=nnx.Rngs(27))
-  with pytest.raises(ValueError, match="stacked hparams"):
+  with pytest.raises(ValueError, match=r"hparams\['eta'\].*stacked_hparams=True.*\(3,\)"):
     unroll(layer, unwrap(stack.params), {"eta": jnp.full((2,), 0.1)}, _tokens(28), num_steps=3, stacked_hparams=True)
+  with pytest.raises(ValueError, match=r"hparams\['eta'\].*pass stacked_hparams=True"):
+    unroll(layer, unwrap(stack.params), {"eta": jnp.full((3,), 0.1)}, _tokens(28), num_steps=3)
 
 
 @pytest.mark.parametrize("shape", [(D,), (N, 1), (1,)])

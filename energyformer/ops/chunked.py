@@ -9,6 +9,10 @@ the logsumexp is accumulated online: with running maximum ``t``, sum ``l`` and w
 and finally ``L = t + log l``, ``o = u / l`` (``L = 0, o = 0`` for a row that sees no key). Blocks in which no pair
 is visible (above the diagonal of a causal mask) are skipped. Sequence lengths that are not multiples of ``size``
 are zero-padded and the padded keys masked.
+
+``attention_forward``/``attention_tangent`` evaluate softmax attention of inner-product scores; ``tile_reduce``
+reduces any pair values computed tile by tile by a function (the logits of a user's local energy, pairwise or
+score-based), with its own blockwise derivative rule.
 """
 from __future__ import annotations
 
@@ -179,9 +183,10 @@ def tile_reduce(tile_fn, rows, cols, shared, mask, size: int, logsumexp: bool):
   vectors) exists at a time.
 
   Differentiated by its own rule (``_tile_reduce_jvp``): ``L̇_hn = Σ_m p_hnm ż_hnm`` with ``p = exp(z − L)``
-  (``Ṡ_hn = Σ_m ż_hnm``), ``ż`` the tangent of ``tile_fn``, summed tile by tile with each tile's work
-  rematerialised. Reverse mode transposes that sum, so a gradient is one more pass over the tiles, and derivatives
-  of gradients (training through a layer) differentiate plain rematerialised scans: memory stays linear in the
+  (``Ṡ_hn = Σ_m ż_hnm``), ``ż`` the tangent of ``tile_fn``, summed tile by tile. Reverse mode transposes that sum, so
+  a gradient is one more pass over the tiles, and derivatives of gradients (training through a layer)
+  differentiate plain scans. Each tile's work is rematerialised (``jax.checkpoint``) inside the branch that skips
+  hidden tiles, so that neither the scans nor the branch keep a tile's intermediates: memory stays linear in the
   sequence length at every order.
   """
   return _tile_reduce(tile_fn, size, logsumexp, rows, cols, shared, mask)

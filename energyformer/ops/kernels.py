@@ -1,8 +1,8 @@
 """Which computation evaluates softmax attention ``(o, L)`` (see ``ops.softmax``), all exact to every order.
 
-* dense (``implementation="xla"``, no ``chunk_size``): the (H, N, M) scores in plain JAX ops; derivatives of
+* dense (``implementation="xla"``, no block size): the (H, N, M) scores in plain JAX ops; derivatives of
   every order come from the rules of ``softmax_logsumexp`` and ``ops.matmul`` (its products).
-* chunked (``chunk_size``): ``chunked.attention_forward`` for the value and ``chunked.attention_tangent`` for the
+* chunked (a block size, ``block_size``: by default from ``AUTO_LENGTH`` tokens): ``chunked.attention_forward`` for the value and ``chunked.attention_tangent`` for the
   derivative, joined by a ``jax.custom_jvp``: memory linear in the sequence length in forward and reverse mode.
 * fused (``implementation="cudnn"`` on a GPU, float16 or bfloat16): the value from the fused kernel of
   ``jax.nn.dot_product_attention(implementation="cudnn", return_residual=True)``. The kernel's logsumexp comes

@@ -36,8 +36,9 @@ class GPTConfig:
 
   ``variant``: a registered attention variant (``variants.names()``). ``hparams``: values of the variant's solver
   hyperparameters that differ from its defaults, ``{name: value}`` with names from
-  ``variants.get(variant).solver.hyperparameters`` (stored as sorted pairs). ``temperature`` is the Helmholtz temperature of the variant's energy
-  (default ``√head_dim``, standard attention); variants without a Helmholtz aggregator refuse it.
+  ``variants.get(variant).solver.hyperparameters`` (stored as sorted pairs). ``temperature`` is the Helmholtz
+  temperature of the variant's energy (default ``√head_dim``, standard attention); variants without a Helmholtz
+  aggregator refuse it.
   ``mlp``: ``"plain"`` is the standard MLP (the relaxed step on a GELU potential: untied output projection),
   ``"potential"`` the exact gradient step on that potential (tied weights), ``"none"`` attention only.
   ``remat`` and ``scan_unroll`` (``True``: the depth loop unrolled, fastest for shallow models) are the depth

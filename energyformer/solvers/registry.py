@@ -30,7 +30,7 @@ def register(name: str, factory: Factory | None = None, *, overwrite: bool = Fal
                     "write @solvers.register(\"my_solver\").")
 
   def add(factory: Factory) -> Factory:
-    if not callable(factory) or isinstance(factory, Solver):
+    if not callable(factory):
       raise TypeError(f"solvers.register({name!r}, ...) takes a factory function returning a Solver, got "
                       f"{type(factory).__name__}; wrap a built solver as `lambda **options: solver`.")
     if name in _FACTORIES and _FACTORIES[name] is not factory and not overwrite:

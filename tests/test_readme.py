@@ -2,6 +2,7 @@
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 from energyformer.models import variants
@@ -19,7 +20,8 @@ def scratch_registries(monkeypatch):
 
 def test_readme_examples_run(scratch_registries):
   """Executes every ```python block of the README; the stacks' outputs, the extension examples' model logits and
-  registrations have the documented shapes and names."""
+  registrations have the documented shapes and names, and the slot memory's relaxed field is attention to its
+  slots, ``−softmax(x W^Q ξᵀ) U``."""
   blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
   assert blocks, "the README has no Python example"
   namespace = {}
@@ -29,7 +31,13 @@ def test_readme_examples_run(scratch_registries):
   assert namespace["trace"].shape == (2, 6)
   assert namespace["out"].shape == (2, 10, 64)
   assert namespace["logits"].shape == (2, 16, 32)
-  assert "rmsprop" in registry.names() and "sigmoid_rmsprop" in variants.names()
+  assert "rmsprop" in registry.names() and "memory_rmsprop" in variants.names()
+  memory, energies, jax = namespace["memory"], namespace["energies"], namespace["jax"]
+  params = energies.init_params(memory.specs(), jax.random.key(1))
+  x = jax.random.normal(jax.random.key(2), (5, 64))
+  attention_to_slots = jax.nn.softmax(x @ params["energy"]["query"] @ params["energy"]["slots"].T, axis=-1)
+  np.testing.assert_allclose(memory.gradient(params, x), -attention_to_slots @ params["energy"]["value"],
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_readme_variant_table_is_the_registry():

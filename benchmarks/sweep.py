@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from energyformer.train import mesh as mesh_lib
+from energyformer.train.optim import shorter_warmup
 
 
 def _members(size: int) -> list[dict]:
@@ -44,8 +45,8 @@ def _timed(task, members, config, chunk_size: int) -> tuple[float, float]:
 
 def measure(model: str, size: int, steps: int, steps_per_call: int, devices: int, repeats: int) -> dict:
   from energyformer.studies import lis
-  study = dataclasses.replace(lis.PRESETS[model], steps=steps, eval_every=steps, steps_per_call=steps_per_call,
-                              warmup_steps=min(lis.PRESETS[model].warmup_steps, steps // 10))
+  study = dataclasses.replace(lis.PRESETS[model], steps=steps, eval_every=steps, steps_per_call=steps_per_call)
+  study = dataclasses.replace(study, optimizer=shorter_warmup(study.optimizer, steps))
   task = lis.LISTask(study)
   members = _members(size)
   ways = {"alone": (study.trainer_config(), 1), "vmapped": (study.trainer_config(), size),

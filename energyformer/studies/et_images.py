@@ -32,7 +32,7 @@ from energyformer.train import trainer
 from energyformer.train.task import data_seed
 from energyformer.train.config import TrainerConfig
 from energyformer.train.mesh import MeshConfig
-from energyformer.train.optim import OptimizerConfig
+from energyformer.train.optim import OptimizerConfig, shorter_warmup
 
 
 def et_optimizer(learning_rate: float, warmup_steps: int, weight_decay: float = 0.05) -> OptimizerConfig:
@@ -304,12 +304,11 @@ def _study_dict(study: ETImagesStudy) -> dict:
 
 
 def with_steps(training: TrainerConfig, steps: int | None) -> TrainerConfig:
-  """``training`` for ``steps`` steps (its warmup at most a tenth of them); unchanged for ``None``."""
+  """``training`` for ``steps`` steps (``shorter_warmup``); unchanged for ``None``."""
   if steps is None:
     return training
   check_positive_int("--steps", steps)
-  optimizer = dataclasses.replace(training.optimizer, warmup_steps=min(training.optimizer.warmup_steps, steps // 10))
-  return dataclasses.replace(training, steps=steps, optimizer=optimizer)
+  return dataclasses.replace(training, steps=steps, optimizer=shorter_warmup(training.optimizer, steps))
 
 
 def study_from_args(args) -> ETImagesStudy:

@@ -31,7 +31,7 @@ from energyformer.studies import decoder
 from energyformer.train import population
 from energyformer.train.config import TrainerConfig
 from energyformer.train.mesh import MeshConfig, use_cpu_devices
-from energyformer.train.optim import OptimizerConfig
+from energyformer.train.optim import OptimizerConfig, shorter_warmup
 from energyformer.train.task import data_seed
 
 BATCH_KEYS = ("tokens", "loss_mask")
@@ -43,9 +43,8 @@ class LISStudy:
 
   ``scan_unroll=True`` unrolls the depth loop: for these shallow models it removes the loop's stacked-residual
   buffers and makes a training step about 1.4× (one model) to 1.8× (a vmapped population) faster on CPU.
-  ``steps_per_call`` training steps run per call of the compiled program (``TrainerConfig``). The optimiser is
-  the trainer's AdamW with these settings (``weight_decay`` on matrices only, ``final_fraction`` of the peak at the
-  end).
+  ``steps_per_call`` training steps run per call of the compiled program (``TrainerConfig``). ``optimizer``: the
+  trainer's AdamW settings (a cosine decay to 0 and optax's default b2 here).
   """
 
   data: LISConfig = LISConfig(min_length=6, max_length=12, vocab_numbers=24, train_size=20_000, val_size=500,
@@ -59,11 +58,8 @@ class LISStudy:
   seeds: int = 3
   steps: int = 400
   batch_size: int = 32
-  learning_rate: float = 3e-3
-  warmup_steps: int = 40
-  weight_decay: float = 0.01
-  final_fraction: float = 0.0
-  b2: float = 0.999
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, warmup_steps=40, final_fraction=0.0,
+                                               weight_decay=0.01, b2=0.999)
   eval_every: int = 25
   eval_batch_size: int = 1024
   target_accuracy: float = 0.5
@@ -76,14 +72,11 @@ class LISStudy:
     decoder.check_variants(self.variants)
     for name in ("seeds", "steps", "batch_size", "eval_every", "steps_per_call"):
       check_positive_int(name, getattr(self, name))
-    check_range("learning_rate", self.learning_rate, 0.0, low_open=True, fix="Use a positive learning rate.")
     check_range("target_accuracy", self.target_accuracy, 0.0, 1.0, fix="Use a target accuracy in [0, 1].")
 
   def trainer_config(self, devices: int = 1) -> TrainerConfig:
     """The shared training budget of every model of the study, members split over ``devices`` devices."""
-    optimizer = OptimizerConfig(learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
-                                final_fraction=self.final_fraction, weight_decay=self.weight_decay, b2=self.b2)
-    return TrainerConfig(steps=self.steps, batch_size=self.batch_size, optimizer=optimizer,
+    return TrainerConfig(steps=self.steps, batch_size=self.batch_size, optimizer=self.optimizer,
                          mesh=MeshConfig(data=1, population=devices), eval_every=self.eval_every,
                          eval_batch_size=self.eval_batch_size, log_every=self.eval_every,
                          steps_per_call=self.steps_per_call, stop_on_non_finite=False)
@@ -98,13 +91,14 @@ PRESETS = {
     "tiny": LISStudy(data=LISConfig(min_length=4, max_length=6, vocab_numbers=12, train_size=512, val_size=64,
                                     test_size=64, test_lengths=(7, 8)),
                      dim=16, num_heads=2, head_dim=8, depth=2, mlp_hidden=32, seeds=2, steps=30, batch_size=16,
-                     eval_every=10, warmup_steps=5, steps_per_call=10),
+                     eval_every=10, steps_per_call=10,
+                     optimizer=dataclasses.replace(LISStudy.optimizer, warmup_steps=5)),
     # The paper-scale protocol of Feng et al. (2023): sequences of up to 100 numbers, 1M training examples. GPU.
     "paper": LISStudy(data=LISConfig(min_length=10, max_length=100, vocab_numbers=150, train_size=1_000_000,
                                      val_size=10_000, test_size=10_000, test_lengths=(101, 120)),
                       dim=256, num_heads=8, head_dim=32, depth=6, mlp_hidden=1024, seeds=3, steps=50_000,
-                      batch_size=256, learning_rate=1e-3, warmup_steps=1000, eval_every=1000, target_accuracy=0.9,
-                      remat=True, in_memory_data=False),
+                      batch_size=256, eval_every=1000, target_accuracy=0.9, remat=True, in_memory_data=False,
+                      optimizer=dataclasses.replace(LISStudy.optimizer, learning_rate=1e-3, warmup_steps=1000)),
 }
 
 
@@ -276,9 +270,7 @@ def study_from_args(args) -> LISStudy:
   overrides = {k: v for k, v in {"seeds": args.seeds, "steps": args.steps, "steps_per_call": args.steps_per_call,
                                  "variants": tuple(args.variants) if args.variants else None}.items() if v}
   study = dataclasses.replace(PRESETS[args.preset], **overrides)
-  if study.warmup_steps >= study.steps:
-    study = dataclasses.replace(study, warmup_steps=study.steps // 10)
-  return study
+  return dataclasses.replace(study, optimizer=shorter_warmup(study.optimizer, study.steps))
 
 
 def split_cpu(devices: int) -> None:

@@ -37,7 +37,7 @@ from energyformer.train import trainer
 from energyformer.train.checkpoint import CheckpointConfig
 from energyformer.train.config import TrainerConfig, to_dict
 from energyformer.train.mesh import initialize_distributed, parse_mesh
-from energyformer.train.optim import OptimizerConfig
+from energyformer.train.optim import OptimizerConfig, shorter_warmup
 from energyformer.train.task import data_seed
 
 VOCAB_SIZE = 320  # the byte tokenizer's 257 ids, padded to a multiple of 64 (divisible by any tensor-parallel size)
@@ -167,8 +167,7 @@ def configure(preset: str = "tiny", *, variant: str | None = None, steps: int | 
     decoder.check_variants([variant])
   run = presets()[preset]
   optimizer = dataclasses.replace(run.trainer.optimizer, **_given(learning_rate=learning_rate))
-  if steps is not None and optimizer.warmup_steps >= steps:
-    optimizer = dataclasses.replace(optimizer, warmup_steps=steps // 10)
+  optimizer = optimizer if steps is None else shorter_warmup(optimizer, steps)
   task = dataclasses.replace(
       run.task, model=dataclasses.replace(run.task.model, **_given(variant=variant)),
       data=dataclasses.replace(run.task.data, **_given(corpus=corpus, data_dir=data_dir, patterns=patterns)))

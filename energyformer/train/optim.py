@@ -57,11 +57,19 @@ def check_hyperparameters(values: dict) -> None:
   for name, value in values.items():
     if name in checks:
       limits = checks[name]
-      check_range(name, value, limits.get("low"), limits.get("high"), low_open=limits.get("low_open", False),
-                  high_open=limits.get("high_open", False), fix=limits["fix"])
+      check_range(name, value, limits.get("low"), limits.get("high"), fix=limits["fix"],
+                  low_open=limits.get("low_open", False), high_open=limits.get("high_open", False))
   warmup = values.get("warmup_steps")
   if warmup is not None and (isinstance(warmup, bool) or float(warmup) != int(warmup)):
     raise ValueError(f"warmup_steps must be a whole number of steps, got {warmup!r}.")
+
+
+def shorter_warmup(config: OptimizerConfig, steps: int) -> OptimizerConfig:
+  """``config`` with its warmup cut to a tenth of ``steps`` when it would not end before the last step (for a
+  budget shortened from the command line)."""
+  if config.warmup_steps < steps:
+    return config
+  return dataclasses.replace(config, warmup_steps=steps // 10)
 
 
 def hyperparameters(config: OptimizerConfig, members: list[dict]) -> dict[str, jax.Array]:

@@ -19,6 +19,7 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 from energyformer.metrics import MetricsWriter
@@ -29,7 +30,7 @@ from energyformer.train.mesh import make_mesh
 from energyformer.train.optim import HYPERPARAMETERS, check_hyperparameters, hyperparameters
 from energyformer.train.programs import evaluation_sharding, programs
 from energyformer.train.sharding import batch_sharding, batch_shards
-from energyformer.train.task import SEEDS, PopulationBatches, data_seed
+from energyformer.train.task import SEEDS, PopulationBatches
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,7 +67,6 @@ class TrainResult:
 
   def model(self, index: int = 0):
     """Member ``index``'s trained model."""
-    from flax import nnx
     return nnx.merge(self.graphdef, jax.tree.map(lambda x: x[index], self.state))
 
 
@@ -365,7 +365,8 @@ def train(task, config: TrainerConfig, out_dir=None, *, members=({},), progress=
   iterators = PopulationBatches([task.batches(m, config.batch_size // shard_count, shard_index, shard_count)
                                  for m in population], len(members))
   eval_sets = task.evaluation_sets(shard_index, shard_count)
-  checkpointer = Checkpointer(out / "checkpoints", config.checkpoint) if out is not None and config.checkpoint.every else None
+  saving = out is not None and config.checkpoint.every is not None
+  checkpointer = Checkpointer(out / "checkpoints", config.checkpoint) if saving else None
   if own_writer:
     writer = MetricsWriter(out)
   identity = _identity(task, members, config)

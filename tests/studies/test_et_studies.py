@@ -15,7 +15,9 @@ def test_images_options_replace_the_preset():
   args = _parse(["et-images", "--preset", "tiny", "--steps", "7", "--masking", "mask75", "--self-exclusion",
                  "--temperature", "0.01", "--no-baseline", "--dataset", "folder", "--data-dir", "/images"])
   study = et_images.study_from_args(args)
-  assert (study.training.steps, study.training.optimizer.warmup_steps) == (7, 0)
+  assert (study.training.steps, study.training.optimizer.warmup_steps) == (7, 5)
+  assert et_images.study_from_args(_parse(["et-images", "--preset", "tiny", "--steps", "4"])).training.optimizer \
+      .warmup_steps == 0
   assert (study.masking, study.dataset, study.data_dir, study.baseline) == ("mask75", "folder", "/images", False)
   assert study.et.self_exclusion and study.et.temperature == 0.01
   assert study.image == et_images.PRESETS["tiny"].image

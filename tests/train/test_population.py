@@ -217,7 +217,8 @@ def test_population_axis_over_devices(tmp_path):
       from energyformer import cli
       from energyformer.studies import lis
       from energyformer.train.checkpoint import CheckpointConfig
-      study = dataclasses.replace(lis.PRESETS["tiny"], depth=1, steps=3, eval_every=3, warmup_steps=1)
+      study = dataclasses.replace(lis.PRESETS["tiny"], depth=1, steps=3, eval_every=3)
+      study = dataclasses.replace(study, optimizer=dataclasses.replace(study.optimizer, warmup_steps=1))
       task = lis.LISTask(study)
       config = dataclasses.replace(study.trainer_config(), batch_size=4)
       over = lambda n, c=config: dataclasses.replace(c, mesh=dataclasses.replace(c.mesh, population=n))

@@ -136,22 +136,6 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkp
   assert resumed.start_step == 4 and all(np.isfinite(leaf).all() for leaf in _leaves(resumed))
 
 
-def test_overflowing_learning_rate_never_saves_non_finite_parameters(straight, tmp_path):
-  """A learning rate float32 can hold but the parameters cannot: the run stops at the first non-finite loss,
-  gradient or parameter, and every checkpoint it saved holds finite parameters."""
-  config, _, _ = straight
-  optimizer = dataclasses.replace(config.trainer.optimizer, learning_rate=3e38, clip_norm=1e30)
-  settings = dataclasses.replace(config.trainer, optimizer=optimizer,
-                                 checkpoint=dataclasses.replace(config.trainer.checkpoint, every=1, keep=8))
-  with pytest.raises(trainer.NonFiniteLossError, match=r"non-finite training loss, gradient or parameters"):
-    pretrain.train(dataclasses.replace(config, trainer=settings), tmp_path, progress=False)
-  checkpointer = Checkpointer(tmp_path / "checkpoints", settings.checkpoint)
-  assert checkpointer.steps()
-  for step in checkpointer.steps():
-    restored = checkpointer.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["state"])), step
-
-
 def test_ctrl_c_finishes_the_step_saves_and_returns(straight, tmp_path):
   config, _, _ = straight
 
@@ -264,3 +248,20 @@ def test_tiny_pretrain_command_end_to_end_and_resumed_longer(corpus, tmp_path):
   second = json.loads((tmp_path / "summary.json").read_text())
   assert (first["steps"], second["resumed_from"], second["steps"]) == (40, 40, 60)
   assert second["final_val_loss"] < first["first_train_loss"]
+
+
+def test_a_diverging_command_ends_with_the_message_and_exit_status_1(straight, tmp_path, capsys, monkeypatch):
+  """``energyformer pretrain`` (on the tiny test model) at a learning rate float32 holds but the parameters
+  overflow: the run stops at the first non-finite loss, gradient or parameter with a message and exit status 1,
+  not a traceback, and every checkpoint it saved holds finite parameters."""
+  config, _, _ = straight
+  monkeypatch.setattr(pretrain, "presets", lambda: {"tiny": config})
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["pretrain", "--learning-rate", "3e38", "--checkpoint-every", "1", "--out", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 1 and "non-finite training loss" in err and "Traceback" not in err
+  checkpointer = Checkpointer(tmp_path / "checkpoints", config.trainer.checkpoint)
+  assert checkpointer.steps()
+  for step in checkpointer.steps():
+    restored = checkpointer.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["state"])), step

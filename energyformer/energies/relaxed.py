@@ -15,7 +15,8 @@ The relaxed field is then ``G(x) = ∂A/∂x|_s + values_out(∂A/∂s)`` (``lay
 add ``relaxed_field(params, x, mask, context) -> (N, D)`` computing the same field faster (a closed form, a
 blockwise evaluation); the layer then calls it instead.
 
-``Interaction`` (``s = q·k``) and ``Potential`` (``s = x ξᵀ + b``, against fixed memories) implement it.
+``Interaction`` (``s = q·k``; its ``relaxed_field`` is the softmax closed form, or one gradient of a probe energy
+evaluated tile by tile) and ``Potential`` (``s = x ξᵀ + b``, against learned memories) implement it.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import jax
 from flax import nnx
 
 from energyformer.checks import check_positive_int
+from energyformer.energies import masks
 
 
 class EncoderLayer(nnx.Module):
@@ -37,8 +38,10 @@ class TransformerEncoder(nnx.Module):
     self.norm = nnx.LayerNorm(dim, rngs=rngs)
 
   def __call__(self, x, mask=None, *, key=None):
-    """Encoded tokens; ``key`` is accepted for a common core signature and unused (no noise)."""
+    """Encoded tokens; ``mask`` is boolean like the energy layers' (``masks.check_boolean``); ``key`` is accepted
+    for a common core signature and unused (no noise)."""
     del key
+    masks.check_boolean(mask)
     for layer in self.layers:
       x = layer(x, mask)
     return self.norm(x)

@@ -9,6 +9,7 @@ import energyformer as ef
 from energyformer import energies
 from energyformer.energies import masks
 from energyformer.layers import unwrap
+from energyformer.models import TransformerEncoder
 
 N, D, H, DH = 5, 8, 2, 4
 
@@ -43,3 +44,12 @@ def test_integer_masks_and_combine_are_checked():
     _stack()(jnp.ones((N, D)), masks.causal(N).astype(jnp.int32))
   with pytest.raises(TypeError, match="combine's mask 1.*additive == 0"):
     masks.combine(masks.causal(N), _additive_causal())
+
+
+def test_baseline_encoder_refuses_additive_masks():
+  """The standard Transformer encoder (the ET's baseline) takes the same boolean masks and refuses additive ones."""
+  encoder = TransformerEncoder(D, H, 1, 16, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(2), (1, N, D))
+  with pytest.raises(TypeError, match="additive == 0"):
+    encoder(x, _additive_causal()[None])
+  np.testing.assert_array_equal(encoder(x, (_additive_causal() == 0)[None]), encoder(x, masks.causal(N)[None]))

@@ -34,8 +34,9 @@ def test_additive_mask_is_refused_with_its_conversion():
     layer.gradient(params, x[0], _additive_causal())
   with pytest.raises(TypeError, match="additive == 0"):
     layer.energy_value(params, x[0], _additive_causal())
-  np.testing.assert_array_equal(stack(x, _additive_causal() == 0), stack(x, masks.causal(N)))
-  assert not np.allclose(stack(x, masks.causal(N)), stack(x, ~masks.causal(N) | jnp.eye(N, dtype=bool)))
+  run = nnx.jit(lambda s, m: s(x, m))
+  np.testing.assert_array_equal(run(stack, _additive_causal() == 0), run(stack, masks.causal(N)))
+  assert not np.allclose(run(stack, masks.causal(N)), run(stack, ~masks.causal(N) | jnp.eye(N, dtype=bool)))
 
 
 def test_integer_masks_and_combine_are_checked():
@@ -52,4 +53,5 @@ def test_baseline_encoder_refuses_additive_masks():
   x = jax.random.normal(jax.random.key(2), (1, N, D))
   with pytest.raises(TypeError, match="additive == 0"):
     encoder(x, _additive_causal()[None])
-  np.testing.assert_array_equal(encoder(x, (_additive_causal() == 0)[None]), encoder(x, masks.causal(N)[None]))
+  run = nnx.jit(lambda e, m: e(x, m))
+  np.testing.assert_array_equal(run(encoder, (_additive_causal() == 0)[None]), run(encoder, masks.causal(N)[None]))

@@ -76,10 +76,12 @@ def test_user_relaxed_field_equals_hand_written():
   """The relaxed layer field of the user energy equals the hand-written sigmoid-attention field, causal mask."""
   energy, params, x = _setup()
   layer = ef.Layer(energy, solvers.gradient_descent(0.5), "relaxed")
-  got = layer.gradient({"energy": params}, x, masks.causal(N))
-  np.testing.assert_allclose(got, _hand_written_field(params, x, masks.causal(N)), **TOL)
-  stepped, _ = layer.step({"energy": params}, layer.default_hparams(), x, (), masks.causal(N))
-  np.testing.assert_allclose(stepped, x - 0.5 * _hand_written_field(params, x, masks.causal(N)), **TOL)
+  field, stepped = jax.jit(lambda w, z: (layer.gradient({"energy": w}, z, masks.causal(N)),
+                                         layer.step({"energy": w}, layer.default_hparams(), z, (), masks.causal(N))[0]))(
+                                             params, x)
+  expected = _hand_written_field(params, x, masks.causal(N))
+  np.testing.assert_allclose(field, expected, **TOL)
+  np.testing.assert_allclose(stepped, x - 0.5 * expected, **TOL)
 
 
 def test_user_relaxed_training_gradients_equal_hand_written():
@@ -97,8 +99,8 @@ def test_user_relaxed_training_gradients_equal_hand_written():
 
     library = lambda w, z: relaxed_gradient(energy, w, z, mask)
     reference = lambda w, z: _hand_written_field(w, z, mask)
-    got = jax.grad(loss, argnums=(1, 2))(library, params, x)
-    want = jax.grad(loss, argnums=(1, 2))(reference, params, x)
+    got = jax.jit(jax.grad(lambda w, z: loss(library, w, z), argnums=(0, 1)))(params, x)
+    want = jax.jit(jax.grad(lambda w, z: loss(reference, w, z), argnums=(0, 1)))(params, x)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got, want)
 
 
@@ -108,10 +110,14 @@ def test_user_energy_in_a_stack_and_in_a_sum():
   energy, params, x = _setup(4)
   stack = ef.EnergyStack(ef.Layer(energy, solvers.gradient_descent(0.5), "relaxed"), 3, rngs=nnx.Rngs(5))
   weights = unwrap(stack.params)["energy"]
-  z = x
-  for step in range(3):
-    z = z - 0.5 * _hand_written_field(jax.tree.map(lambda w: w[step], weights), z, masks.causal(N))
-  np.testing.assert_allclose(stack(x, masks.causal(N)), z, **TOL)
+
+  @jax.jit
+  def hand_written_loop(z):
+    for step in range(3):
+      z = z - 0.5 * _hand_written_field(jax.tree.map(lambda w: w[step], weights), z, masks.causal(N))
+    return z
+
+  np.testing.assert_allclose(nnx.jit(lambda s, z: s(z, masks.causal(N)))(stack, x), hand_written_loop(x), **TOL)
 
   memory = energies.HopfieldReLU2(D, 5)
   total = energies.EnergySum({"attention": energy, "memory": memory})

@@ -1,5 +1,6 @@
 """Layers: an energy and a solver become a layer; ``lax.scan`` over depth makes a stack."""
-from energyformer.layers.derive import MODES, Layer, full_gradient, relaxed_gradient, tied_gradient
+from energyformer.layers.derive import (MODES, Layer, full_gradient, relaxed_gradient, score_relaxed_field,
+                                       tied_gradient)
 from energyformer.layers.modules import EnergyLayer, EnergyStack, Fixed, Hyperparameter, unwrap
 from energyformer.layers.split import Split
 from energyformer.layers.stack import Rollout, unroll

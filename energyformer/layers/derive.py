@@ -106,13 +106,13 @@ def relaxed_gradient(energy, params, x, mask, context=None):
   if isinstance(energy, EnergySum):
     return sum(_relaxed_term(term, params[name], x, mask, context) for name, term in energy.terms.items())
   if not has_relaxed_form(energy):
-    raise relaxed_form_error(energy)
+    raise _relaxed_form_error(energy)
   if hasattr(energy, "relaxed_field"):
     return energy.relaxed_field(params, x, mask, context)
   return score_relaxed_field(energy, params, x, mask, context)
 
 
-def relaxed_form_error(energy) -> Exception:
+def _relaxed_form_error(energy) -> Exception:
   """The error for ``mode="relaxed"`` on an energy without a relaxed form, saying how to declare one."""
   if isinstance(energy, ScoreEnergy):
     return ValueError(f"mode='relaxed' needs the value/output projections of {_name(energy)}: build it with "
@@ -153,7 +153,7 @@ class Layer:
     if self.mode not in MODES:
       raise ValueError(f"unknown derivation mode {self.mode!r}; choose one of {MODES}.")
     if self.mode == "relaxed" and not _relaxes(self.energy):
-      raise relaxed_form_error(self.energy)
+      raise _relaxed_form_error(self.energy)
     if not callable(self.energy) or not hasattr(self.energy, "specs"):
       raise TypeError(f"energy must be callable as energy(params, x, context, mask) and declare specs(), got "
                       f"{type(self.energy).__name__}; wrap a plain function with energyformer.energies.energy(fn).")

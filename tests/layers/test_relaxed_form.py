@@ -15,7 +15,7 @@ from flax import nnx
 import energyformer as ef
 from energyformer import energies, solvers
 from energyformer.energies import masks
-from energyformer.layers import relaxed_gradient, unwrap
+from energyformer.layers import relaxed_gradient, score_relaxed_field, unwrap
 
 N, D, H, DH = 6, 8, 2, 4
 DECAY = 0.3
@@ -151,3 +151,15 @@ def test_declared_fast_field_replaces_the_generic_derivation():
   got = ef.Layer(WithClosedForm(), "gd", "relaxed").gradient({"energy": params}, x, masks.causal(N))
   np.testing.assert_allclose(got, _hand_written_field(params, x, masks.causal(N)), **TOL)
   assert calls == [True]
+
+
+@pytest.mark.parametrize("local", ["elastic", "quadratic"])
+def test_interaction_fast_field_equals_its_generic_relaxed_form(local):
+  """For a built-in Interaction, its own relaxed_field (probe energy, tile by tile when long) equals the generic
+  derivation from its declared relaxed form (scores, energy_of_scores, values_out)."""
+  energy = energies.Interaction(D, H, DH, local=getattr(energies, local), values=True)
+  params = energies.init_params(energy.specs(), jax.random.key(9))
+  x = jax.random.normal(jax.random.key(10), (N, D))
+  generic, fast = jax.jit(lambda w, z: (score_relaxed_field(energy, w, z, masks.causal(N), z),
+                                        energy.relaxed_field(w, z, masks.causal(N), z)))(params, x)
+  np.testing.assert_allclose(fast, generic, **TOL)

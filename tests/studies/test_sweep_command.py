@@ -5,6 +5,8 @@ import pytest
 
 from energyformer import cli
 from energyformer.studies import sweep
+from energyformer.train import sweep_report
+from energyformer.train.task import SEEDS
 
 
 def test_sweep_command_writes_table_plot_and_curves(tmp_path, capsys):
@@ -21,13 +23,14 @@ def test_sweep_command_writes_table_plot_and_curves(tmp_path, capsys):
   assert sum(any(key.endswith("/val/accuracy") for key in line) for line in lines) == 4  # members × evaluations
 
 
-def test_a_population_over_seeds_only_is_reported_and_plotted(tmp_path, capsys):
-  """``--seeds 2`` alone (nothing else swept): the table, results and a plot of the mean over seeds."""
-  cli.main(["sweep", "--preset", "tiny", "--seeds", "2", "--steps", "3", "--out", str(tmp_path)])
-  assert "best member" in capsys.readouterr().out
-  assert (tmp_path / "val_accuracy.png").stat().st_size > 0
-  rows = json.loads((tmp_path / "results.json").read_text())["members"]
-  assert sorted(r["seed"] for r in rows) == [0, 1]
+def test_a_population_over_seeds_only_is_plotted(tmp_path):
+  """Nothing swept but the seeds (``--seeds 2`` alone): the report plots the mean over the seeds."""
+  rows = [{"member": f"seed={s}", "seed": s, "variant": "standard", "val_accuracy": 0.5 + s / 10} for s in (0, 1)]
+  axes = sweep_report.swept_axes(rows, ["variant", "seed"], exclude=SEEDS)
+  assert axes == []
+  sweep_report.plot(rows, axes, "val_accuracy", tmp_path / "plot.png")
+  assert (tmp_path / "plot.png").stat().st_size > 0
+  assert sweep_report.mean_over_seeds(rows, axes, "val_accuracy") == {(): pytest.approx(0.55)}
 
 
 def test_sweep_command_builds_grid_and_random_members(monkeypatch, tmp_path):

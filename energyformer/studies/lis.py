@@ -115,10 +115,14 @@ class LISTask:
   """The LIS task (``energyformer.train.task.Task``): a GPT decoder per member, LIS batches, exact-match accuracy."""
 
   study: LISStudy
-  hyperparameters = decoder.hyperparameters()
   structural = decoder.STRUCTURAL
   metric_name = "accuracy"
   higher_is_better = True
+
+  @property
+  def hyperparameters(self) -> tuple[str, ...]:
+    """The decoder's (``decoder.hyperparameters``: variants and solvers registered so far included)."""
+    return decoder.hyperparameters()
 
   def create_model(self, member, rngs, batch_axes):
     """The member's decoder: the study's sizes with the member's structure and solver hyperparameters."""

@@ -63,7 +63,6 @@ class TextTask:
   model: GPTConfig
   data: TextDataConfig = TextDataConfig()
   eval_sequences: int = 128
-  hyperparameters = decoder.hyperparameters()
   structural = decoder.STRUCTURAL
 
   def __post_init__(self):
@@ -74,6 +73,11 @@ class TextTask:
     if self.model.vocab_size < ByteTokenizer().vocab_size:
       raise ValueError(f"the model's vocab_size ({self.model.vocab_size}) is smaller than the byte tokenizer's "
                        f"{ByteTokenizer().vocab_size} tokens; use vocab_size >= {ByteTokenizer().vocab_size}.")
+
+  @property
+  def hyperparameters(self) -> tuple[str, ...]:
+    """The decoder's (``decoder.hyperparameters``: variants and solvers registered so far included)."""
+    return decoder.hyperparameters()
 
   def create_model(self, member, rngs, batch_axes):
     """The member's decoder."""

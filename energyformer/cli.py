@@ -6,8 +6,8 @@ A study adds a command with the ``command`` decorator, in its own module; ``main
     @cli.command("my-study", help="...", options=add_options)
     def run_my_study(args): ...
 
-Bad settings end with the message and exit status 2, a run stopped by a non-finite loss with exit status 1; neither
-prints a traceback.
+Bad settings end with the message and exit status 2, a run stopped by a non-finite loss with exit status 1, a
+population stopped by a signal (after saving) with exit status 0; none prints a traceback.
 """
 from __future__ import annotations
 
@@ -79,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
   """Runs the command ``argv`` names (default: the process's arguments)."""
+  from energyformer.train.population import PopulationStopped
   from energyformer.train.trainer import NonFiniteLossError
   args = parser().parse_args(argv)
   try:
@@ -88,6 +89,8 @@ def main(argv=None) -> None:
   except NonFiniteLossError as error:
     print(f"energyformer {args.command}: stopped: {error}", file=sys.stderr)
     raise SystemExit(1) from None
+  except PopulationStopped as error:
+    print(f"energyformer {args.command}: {error}", file=sys.stderr)
 
 
 if __name__ == "__main__":

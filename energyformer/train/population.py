@@ -18,6 +18,10 @@ from energyformer.checks import check_positive_int
 from energyformer.train import trainer
 
 
+class PopulationStopped(Exception):
+  """A stop signal (SIGTERM, Ctrl-C) ended a population's training before every chunk was done."""
+
+
 def grid(**axes) -> list[dict]:
   """Every combination of the given values: ``grid(learning_rate=[1e-3, 3e-3], beta=[0, .5])`` → 4 members."""
   for name, values in axes.items():
@@ -98,7 +102,8 @@ def train_population(task, members: list[dict], config, *, chunk_size: int | Non
 
   With ``checkpoint_dir`` (and ``config.checkpoint.every``) chunk ``c`` of group ``g`` saves under
   ``checkpoint_dir/group<g>_chunk<c>`` and a rerun resumes it. ``progress`` (a tqdm bar) advances by one per chunk
-  step; ``writer`` receives every chunk's metrics.
+  step; ``writer`` receives every chunk's metrics. A stop signal saves the running chunk (as ``trainer.train``
+  does) and raises ``PopulationStopped``.
   """
   check_population(task, members, config)
   if chunk_size is not None:
@@ -108,8 +113,10 @@ def train_population(task, members: list[dict], config, *, chunk_size: int | Non
     for c, piece in enumerate(chunks(indices, chunk_size)):
       directory = pathlib.Path(checkpoint_dir) / f"group{g}_chunk{c}" if checkpoint_dir else None
       run = trainer.train(task, config, directory, members=[members[i] for i in piece], progress=progress,
-                          writer=writer, metrics=False, member_names=True,
-                          devices=devices)
+                          writer=writer, metrics=False, member_names=True, devices=devices)
+      if run.stopped_by is not None:
+        saved = f"saved in {directory}; rerun the same sweep to resume" if directory else "nothing was saved"
+        raise PopulationStopped(f"stopped by {run.stopped_by} at step {run.step} of group {g}, chunk {c} ({saved}).")
       for position, index in enumerate(piece):
         results[index] = member_result(run, position)
   return results

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -117,14 +118,6 @@ def test_members_differ(members_together):
   assert len(set(np.round(last, 6))) == len(MEMBERS)
 
 
-def test_chunked_and_unchunked_populations_agree(members_together):
-  """Chunks of two and one members give the trajectories of the whole population at once (rtol 1e-5)."""
-  chunked = population.train_population(TASK, MEMBERS, CONFIG, chunk_size=2)
-  for a, b in zip(chunked, members_together):
-    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
-    np.testing.assert_allclose(a["curves"]["test"]["loss"], b["curves"]["test"]["loss"], rtol=1e-5)
-
-
 def test_structural_hyperparameters_are_grouped():
   """Members differing in variant or depth go to separate programs; results come back in member order."""
   members = [{"variant": "standard", "seed": 0}, {"variant": "nesterov", "beta": 0.5, "seed": 0},
@@ -152,6 +145,34 @@ def test_resume_from_checkpoint_is_exact(tmp_path, steps_per_call):
   other = [{**member, "learning_rate": 2e-3} for member in MEMBERS]
   with pytest.raises(ValueError, match="different members"):
     population.train_population(TASK, other, config, checkpoint_dir=tmp_path / "resumed")
+
+
+class _SignalAfter:
+  """A progress bar that sends this process SIGINT once ``steps`` steps are done: a pre-emption."""
+
+  def __init__(self, steps: int):
+    self.steps, self.done = steps, 0
+
+  def update(self, n):
+    self.done += n
+    if self.done == self.steps:
+      os.kill(os.getpid(), signal.SIGINT)
+
+  def set_postfix(self, *_, **__):
+    pass
+
+
+def test_a_stop_signal_saves_the_running_chunk_and_stops_the_population(members_together, tmp_path):
+  """Ctrl-C (or SIGTERM) in the first of two chunks (of two members and one): it is saved, the second is not
+  started, and the rerun resumes and ends where the whole population trained at once ends (rtol 1e-5)."""
+  config = dataclasses.replace(CONFIG, checkpoint=CheckpointConfig(every=3, keep=2))
+  with pytest.raises(population.PopulationStopped, match=r"stopped by SIGINT at step 2 of group 0, chunk 0"):
+    population.train_population(TASK, MEMBERS, config, chunk_size=2, checkpoint_dir=tmp_path, progress=_SignalAfter(1))
+  assert (tmp_path / "group0_chunk0" / "checkpoints" / "2").is_dir() and not (tmp_path / "group0_chunk1").exists()
+  resumed = population.train_population(TASK, MEMBERS, config, chunk_size=2, checkpoint_dir=tmp_path)
+  for a, b in zip(resumed, members_together):
+    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["curves"]["test"]["loss"], b["curves"]["test"]["loss"], rtol=1e-5)
 
 
 def test_evaluation_in_slices_equals_one_pass():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 
 import numpy as np
@@ -44,15 +45,18 @@ def tiny_config(corpus, data_dir, *, mesh: MeshConfig = MeshConfig(1, 1, 1), ste
 
 
 class KilledAfter:
-  """A progress bar that raises ``KeyboardInterrupt`` once ``steps`` steps are done: a run killed mid-way."""
+  """A progress bar that stops a run once ``steps`` steps are done: raises ``KeyboardInterrupt`` (a run killed
+  mid-way), or sends this process ``signal_number`` (a pre-emption the run handles)."""
 
-  def __init__(self, steps: int):
-    self.steps, self.done = steps, 0
+  def __init__(self, steps: int, signal_number=None):
+    self.steps, self.done, self.signal_number = steps, 0, signal_number
 
   def update(self, n):
     self.done += n
     if self.done == self.steps:
-      raise KeyboardInterrupt
+      if self.signal_number is None:
+        raise KeyboardInterrupt
+      os.kill(os.getpid(), self.signal_number)
 
   def set_postfix(self, *_, **__):
     pass

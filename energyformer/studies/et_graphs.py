@@ -2,9 +2,10 @@
 
 Each node is classified from its ego-graph (itself, sampled neighbours and two-hop neighbours; tokens carry a hop
 embedding, the ET's mask is the induced adjacency). Training minimises class-weighted cross-entropy (weights
-inversely proportional to the class frequencies of the training nodes, since anomalies are rare). The anomaly
-score is the predicted probability of class 1; the report gives the test ROC AUC and the test macro-F1 at the
-threshold that maximises macro-F1 on the validation nodes. The default data is a generated graph with injected
+inversely proportional to the class frequencies of the training nodes, since anomalies are rare) with the one
+trainer (``GraphTask``), which evaluates the weighted loss and the accuracy of the validation and test nodes as it
+goes. The anomaly score is the predicted probability of class 1; the final report gives the test ROC AUC and the
+test macro-F1 at the threshold that maximises macro-F1 on the validation nodes. The default data is a generated graph with injected
 structural and contextual anomalies (``energyformer.data.graphs.generate_anomaly_graph``); ``.mat`` benchmark
 files and plain edge lists load through the same study.
 """

@@ -142,12 +142,22 @@ class Interaction:
     return self.from_scores(params, scores, self.queries(params, x), self.keys(params, context), mask, context)
 
 
+def _pair_energies(local, scores, q, k):
+  """``local(s, q, k)``, refused unless it is one energy per (query, key) pair, shaped like the scores."""
+  energies = local(scores, q, k)
+  if jnp.shape(energies) != scores.shape:
+    raise ValueError(
+        f"a local energy local(scores, q, k) must return one value per (head, query, key), shape {scores.shape} like "
+        f"its scores, got {jnp.shape(energies)}; reduce over the head dimension only (axis -1 of q and k).")
+  return energies
+
+
 def _local_tile(local, q, k):
   """``local(q·k, q, k)`` of one tile: (H, size, size) local energies of a block of queries and one of keys."""
-  return local(matmul(q, swap(k)), q, k)
+  return _pair_energies(local, matmul(q, swap(k)), q, k)
 
 
 def _relaxed_tile(local, rows, cols):
   """``local(q_s·k + u·v, q, k)`` of one tile (``Interaction.relaxed_field``)."""
   (score_queries, q, u), (k, v) = rows, cols
-  return local(matmul(score_queries, swap(k)) + matmul(u, swap(v)), q, k)
+  return _pair_energies(local, matmul(score_queries, swap(k)) + matmul(u, swap(v)), q, k)

@@ -173,3 +173,13 @@ def test_relaxed_field_blockwise_equals_dense_reference(aggregate, dtype):
     for energy in energies_:
       chex.assert_trees_all_close(check(lambda p, xs: energy.relaxed_field(p, xs, mask, xs)), reference,
                                   **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("chunk", [CHUNK, None])
+def test_local_energy_of_the_wrong_shape_raises(chunk):
+  """A local energy that sums over the keys (one value per query) is refused, dense or tile by tile."""
+  per_query = lambda scores, q, k: jnp.sum(scores, axis=-1)
+  energy = energies.Interaction(D, H, DH, local=per_query, aggregate=energies.Helmholtz(chunk_size=chunk))
+  params, x, _ = _inputs(ef.Layer(energy), "float32")
+  with pytest.raises(ValueError, match="one value per .head, query, key."):
+    energy(params["energy"], x, x, masks.causal(N))

@@ -7,7 +7,7 @@ A study adds a command with the ``command`` decorator, in its own module; ``main
     def run_my_study(args): ...
 
 Bad settings end with the message and exit status 2, a run stopped by a non-finite loss with exit status 1, a
-population stopped by a signal (after saving) with exit status 0; none prints a traceback.
+study stopped by a signal (after saving) with exit status 0; none prints a traceback.
 """
 from __future__ import annotations
 
@@ -79,8 +79,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
   """Runs the command ``argv`` names (default: the process's arguments)."""
-  from energyformer.train.population import PopulationStopped
-  from energyformer.train.trainer import NonFiniteLossError
+  from energyformer.train.trainer import NonFiniteLossError, RunStopped
   args = parser().parse_args(argv)
   try:
     args.run(args)
@@ -89,7 +88,7 @@ def main(argv=None) -> None:
   except NonFiniteLossError as error:
     print(f"energyformer {args.command}: stopped: {error}", file=sys.stderr)
     raise SystemExit(1) from None
-  except PopulationStopped as error:
+  except RunStopped as error:
     print(f"energyformer {args.command}: {error}", file=sys.stderr)
 
 

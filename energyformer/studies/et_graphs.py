@@ -218,6 +218,8 @@ def run(study: ETGraphsStudy, out_dir="runs/et_graphs") -> dict:
   with MetricsWriter(out) as writer, tqdm(total=study.training.steps, desc="et-graphs", unit="step") as bar:
     run = trainer.train(GraphTask(study), study.training, members=[{"seed": study.seed}], progress=bar,
                         writer=writer)
+  if run.stopped_by is not None:
+    raise trainer.RunStopped(f"stopped by {run.stopped_by} at step {run.step}; nothing is reported.")
   model = run.model()
   val, test = (anomaly_scores(model, arrays[s]) for s in ("val", "test"))
   final = detection_report(arrays["val"]["label"], val, arrays["test"]["label"], test)

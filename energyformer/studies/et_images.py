@@ -194,6 +194,9 @@ def _train(name: str, study: ETImagesStudy, writer, bar) -> tuple[dict, ImageCom
   """Trains the ``name`` core ("et" or "transformer"); its summary and trained model."""
   run = trainer.train(CompletionTask(study, name), study.training, members=[{"seed": study.seed}], progress=bar,
                       writer=_Prefixed(writer, name))
+  if run.stopped_by is not None:
+    raise trainer.RunStopped(f"stopped by {run.stopped_by} at step {run.step} of the {name} model; nothing is "
+                             "reported.")
   model = run.model()
   evaluations = run.history["evaluations"]
   history = {"loss": [losses[0] for losses in run.history["loss"]], "seconds": run.seconds,

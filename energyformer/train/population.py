@@ -18,10 +18,6 @@ from energyformer.checks import check_positive_int
 from energyformer.train import trainer
 
 
-class PopulationStopped(Exception):
-  """A stop signal (SIGTERM, Ctrl-C) ended a population's training before every chunk was done."""
-
-
 def grid(**axes) -> list[dict]:
   """Every combination of the given values: ``grid(learning_rate=[1e-3, 3e-3], beta=[0, .5])`` → 4 members."""
   for name, values in axes.items():
@@ -103,7 +99,7 @@ def train_population(task, members: list[dict], config, *, chunk_size: int | Non
   With ``checkpoint_dir`` (and ``config.checkpoint.every``) chunk ``c`` of group ``g`` saves under
   ``checkpoint_dir/group<g>_chunk<c>`` and a rerun resumes it. ``progress`` (a tqdm bar) advances by one per chunk
   step; ``writer`` receives every chunk's metrics. A stop signal saves the running chunk (as ``trainer.train``
-  does) and raises ``PopulationStopped``.
+  does) and raises ``trainer.RunStopped``.
   """
   check_population(task, members, config)
   if chunk_size is not None:
@@ -116,7 +112,7 @@ def train_population(task, members: list[dict], config, *, chunk_size: int | Non
                           writer=writer, metrics=False, member_names=True, devices=devices)
       if run.stopped_by is not None:
         saved = f"saved in {directory}; rerun the same sweep to resume" if directory else "nothing was saved"
-        raise PopulationStopped(f"stopped by {run.stopped_by} at step {run.step} of group {g}, chunk {c} ({saved}).")
+        raise trainer.RunStopped(f"stopped by {run.stopped_by} at step {run.step} of group {g}, chunk {c} ({saved}).")
       for position, index in enumerate(piece):
         results[index] = member_result(run, position)
   return results

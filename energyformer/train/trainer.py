@@ -37,6 +37,11 @@ class NonFiniteLossError(FloatingPointError):
   """The training loss, gradient or parameters became NaN or infinite."""
 
 
+class RunStopped(Exception):
+  """A stop signal (SIGTERM, Ctrl-C) ended a study made of several runs (a population's chunks, a study's models)
+  after the running one saved what it saves; the message says where."""
+
+
 @dataclasses.dataclass
 class TrainResult:
   """What a call of ``train`` did.

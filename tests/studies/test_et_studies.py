@@ -82,3 +82,13 @@ def test_et_graphs_tiny_run_writes_its_outputs(tmp_path):
   main(["et-graphs", "--preset", "tiny", "--out", str(tmp_path)])
   final = json.loads((tmp_path / "results.json").read_text())["final"]
   assert 0.0 <= final["test_auc"] <= 1.0 and 0.0 <= final["test_macro_f1"] <= 1.0
+
+
+def test_a_stop_signal_ends_the_study_with_where_it_stopped(monkeypatch, tmp_path, capsys):
+  """A run the trainer reports as stopped by a signal ends the study (no report from a half-trained model); the
+  command says where and exits cleanly."""
+  stopped = type("Stopped", (), {"stopped_by": "SIGTERM", "step": 7})()
+  monkeypatch.setattr(et_graphs.trainer, "train", lambda *args, **kwargs: stopped)
+  main(["et-graphs", "--preset", "tiny", "--out", str(tmp_path)])
+  assert "stopped by SIGTERM at step 7" in capsys.readouterr().err
+  assert not (tmp_path / "results.json").exists()

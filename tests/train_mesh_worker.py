@@ -8,7 +8,6 @@ layouts and the command's messages for meshes that do not fit go to ``OUT/result
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import pathlib

@@ -5,9 +5,9 @@ embedding, the ET's mask is the induced adjacency). Training minimises class-wei
 inversely proportional to the class frequencies of the training nodes, since anomalies are rare) with the one
 trainer (``GraphTask``), which evaluates the weighted loss and the accuracy of the validation and test nodes as it
 goes. The anomaly score is the predicted probability of class 1; the final report gives the test ROC AUC and the
-test macro-F1 at the threshold that maximises macro-F1 on the validation nodes. The default data is a generated graph with injected
-structural and contextual anomalies (``energyformer.data.graphs.generate_anomaly_graph``); ``.mat`` benchmark
-files and plain edge lists load through the same study.
+test macro-F1 at the threshold that maximises macro-F1 on the validation nodes. The default data is a generated
+graph with injected structural and contextual anomalies (``energyformer.data.graphs.generate_anomaly_graph``);
+``.mat`` benchmark files and plain edge lists load through the same study.
 """
 from __future__ import annotations
 

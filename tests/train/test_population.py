@@ -152,7 +152,8 @@ def test_a_stop_signal_saves_the_running_chunk_and_stops_the_population(members_
   started, and the rerun resumes and ends where the whole population trained at once ends (rtol 1e-5)."""
   config = dataclasses.replace(CONFIG, checkpoint=CheckpointConfig(every=3, keep=2))
   with pytest.raises(trainer.RunStopped, match=r"stopped by SIGINT at step 2 of group 0, chunk 0"):
-    population.train_population(TASK, MEMBERS, config, chunk_size=2, checkpoint_dir=tmp_path, progress=KilledAfter(1, signal.SIGINT))
+    population.train_population(TASK, MEMBERS, config, chunk_size=2, checkpoint_dir=tmp_path,
+                                progress=KilledAfter(1, signal.SIGINT))
   assert (tmp_path / "group0_chunk0" / "checkpoints" / "2").is_dir() and not (tmp_path / "group0_chunk1").exists()
   resumed = population.train_population(TASK, MEMBERS, config, chunk_size=2, checkpoint_dir=tmp_path)
   for a, b in zip(resumed, members_together):

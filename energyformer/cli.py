@@ -8,12 +8,18 @@ A study adds a command with the ``command`` decorator, in its own module; ``main
 
 Bad settings end with the message and exit status 2, a run stopped by a non-finite loss with exit status 1, a
 study stopped by a signal (after saving) with exit status 0; none prints a traceback.
+
+``energyformer --plugin my_variants.py lis --variants mine`` first imports the user's module or file (repeatable),
+so the energies, solvers, variants and commands it registers are in the registries the commands read.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import importlib
+import importlib.util
+import os
+import pathlib
 import pkgutil
 import sys
 from typing import Callable
@@ -54,6 +60,35 @@ def discover() -> dict[str, Command]:
   return _COMMANDS
 
 
+def load_plugin(plugin: str) -> None:
+  """Imports ``plugin``: a Python file (``path/to/file.py``) or a module name importable from the working
+  directory. Whatever it registers (solvers, variants, commands) is then available by name."""
+  path = pathlib.Path(plugin).resolve()
+  if path.suffix == ".py":
+    if not path.is_file():
+      raise FileNotFoundError(f"--plugin {plugin}: no such file; give the path of a Python file or a module name.")
+    if getattr(sys.modules.get(path.stem), "__file__", None) == str(path):
+      return
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+  if importlib.util.find_spec(plugin) is None:
+    raise ModuleNotFoundError(f"--plugin {plugin}: no module of that name is importable from {os.getcwd()}; "
+                              "give a module name or the path of a .py file.")
+  importlib.import_module(plugin)
+
+
+def _plugins(argv) -> list[str]:
+  """The ``--plugin`` values of ``argv``, read before the parser is built (they add to what it offers)."""
+  pre = argparse.ArgumentParser(add_help=False)
+  pre.add_argument("--plugin", action="append", default=[])
+  return pre.parse_known_args(argv)[0].plugin
+
+
 def _demo_options(parser) -> None:
   parser.add_argument("--out", default="runs/demo", help="directory for energies.jsonl and energy_traces.png")
   parser.add_argument("--seed", type=int, default=0)
@@ -69,6 +104,9 @@ def parser() -> argparse.ArgumentParser:
   """The parser of every registered command."""
   root = argparse.ArgumentParser(prog="energyformer", description="Transformer layers as optimisation steps on "
                                  "energies of the token states: studies, pretraining and sweeps.")
+  root.add_argument("--plugin", action="append", metavar="FILE_OR_MODULE",
+                    help="import a Python file or module first (its registered solvers, variants and commands "
+                         "become available); repeatable")
   commands = root.add_subparsers(dest="command", required=True)
   for spec in sorted(discover().values(), key=lambda c: c.name):
     sub = commands.add_parser(spec.name, help=spec.help, description=spec.description or spec.help)
@@ -80,6 +118,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
   """Runs the command ``argv`` names (default: the process's arguments)."""
   from energyformer.train.trainer import NonFiniteLossError, RunStopped
+  argv = sys.argv[1:] if argv is None else list(argv)
+  for plugin in _plugins(argv):
+    try:
+      load_plugin(plugin)
+    except (FileNotFoundError, ModuleNotFoundError) as error:
+      parser().error(str(error))
   args = parser().parse_args(argv)
   try:
     args.run(args)

@@ -253,7 +253,8 @@ def _study_dict(study: LISStudy) -> dict:
 def add_study_options(command, variants_help: str) -> None:
   """The options shared by ``energyformer lis`` and ``energyformer sweep``: preset, variants, seeds, budget, devices."""
   command.add_argument("--preset", default="default", help="default (CPU, minutes), tiny (seconds) or paper (GPU)")
-  command.add_argument("--variants", nargs="+", help=variants_help)
+  command.add_argument("--variants", nargs="+",
+                       help=f"{variants_help}; registered: {', '.join(decoder.variant_names())}")
   command.add_argument("--seeds", type=int, help="models per variant (seeds 0, 1, ...)")
   command.add_argument("--steps", type=int, help="training steps per model")
   command.add_argument("--steps-per-call", type=int,

@@ -7,7 +7,8 @@ The energy is a sum over H subspaces of dimension Dh, one per head.
 The Helmholtz inner-product form ``F = −Σ_h T_h Σ_n log Σ_m exp(q_hn·k_hm / T_h)`` (``is_softmax``) is evaluated
 through the aggregator's attention primitive (``Helmholtz.inner_product_energy``), so its derivatives reuse the
 softmax. Long sequences (``Helmholtz(chunk_size="auto")``, the default, or a block size) evaluate any local energy
-tile by tile (``chunked.tile_reduce``), pairwise ones in small tiles of pairs, and so is the relaxed field
+tile by tile (``chunked.tile_reduce``), pairwise ones in small tiles of pairs, and so are the tied field
+(``Interaction.tied_field``: a pairwise energy's in one online-softmax sweep) and the relaxed field
 (``Interaction.relaxed_field``).
 """
 from __future__ import annotations
@@ -96,6 +97,29 @@ class Interaction:
       return self.aggregate.blockwise_energy(params, energy_tile, rows, cols, mask, context, size)
     return self.aggregate(energy_tile(rows, cols), mask, params, context)
 
+  def tied_field(self, params, x, mask, context):
+    """The tied field ``∂F(z; c)/∂z`` at ``z = x``, the context held (``layers.tied_gradient``).
+
+    The Helmholtz inner-product energy takes its closed form ``−Σ_h (Σ_m p_hnm k_hm) W^Q_hᵀ`` (one softmax-attention
+    pass). A pairwise energy (``energies.pairwise``) under Helmholtz, evaluated blockwise, takes
+    ``Σ_h (Σ_m p_hnm ∇_q E(q_hn, k_hm)) W^Q_hᵀ`` with ``p = softmax_m(−E/T)`` over the visible keys, in one
+    online-softmax sweep over key tiles (``chunked.softmax_field``), which training differentiates as one more
+    sweep. Any other energy takes ``jax.grad`` of the energy. All are exact to every order.
+    """
+    q, k = self.queries(params, x), self.keys(params, context)
+    if self.is_softmax:
+      return -self.query_out(params, self.aggregate.attention(params, q, k, k, mask)[0])
+    size = self.block_size(q.shape[1], k.shape[1])
+    if size is not None and isinstance(self.local, Pairwise) and isinstance(self.aggregate, Helmholtz):
+      field = chunked.softmax_field(functools.partial(_pair_field_tile, self.local), q, k, params["temperature"],
+                                    mask, size)
+      return self.query_out(params, field)
+    return jax.grad(lambda z: self(params, z, context, mask))(x)
+
+  def query_out(self, params, per_head):
+    """``Σ_h u_hn W^Q_hᵀ`` (N, D) for per-head query-space vectors ``u`` (H, N, Dh): ``∂F/∂x`` from ``∂F/∂q``."""
+    return jnp.einsum("hnk,dhk->nd", per_head, params["query"])
+
   def relaxed_field(self, params, x, mask, context):
     """The relaxed field ``G(x) = ∂A/∂x|_s + Σ_h (∂A/∂s_h) v_h W^O_h`` (``energies.relaxed``).
 
@@ -161,3 +185,10 @@ def _relaxed_tile(local, rows, cols):
   """``local(q_s·k + u·v, q, k)`` of one tile (``Interaction.relaxed_field``)."""
   (score_queries, q, u), (k, v) = rows, cols
   return _pair_energies(local, matmul(score_queries, swap(k)) + matmul(u, swap(v)), q, k)
+
+
+def _pair_field_tile(local: Pairwise, q, k, temperature):
+  """``(−E/T, ∇_q E)`` of one tile of a pairwise energy: (H, size, size) logits, T per head, and (H, size, size,
+  Dh) query gradients (``Interaction.tied_field``)."""
+  energies, gradients = local.with_query_gradients(q, k)
+  return -energies / jnp.reshape(temperature, (-1, 1, 1)), gradients

@@ -7,7 +7,9 @@ An *energy* is any object with
 * ``specs() -> dict`` of ``ParamSpec``: the parameters it needs (possibly none).
 
 That is all the ``"tied"`` and ``"full"`` derivations need. An energy of bilinear scores also takes the
-``"relaxed"`` one by declaring its relaxed form (``energies.relaxed.ScoreEnergy``).
+``"relaxed"`` one by declaring its relaxed form (``energies.relaxed.ScoreEnergy``). An energy may also compute its
+tied field ``∂F(z; c)/∂z`` at ``z = x`` itself, ``tied_field(params, x, mask, context) -> (N, D)`` (a closed form,
+one blockwise sweep; exact to every order), which the layer then calls instead of ``jax.grad``.
 """
 from __future__ import annotations
 

@@ -54,14 +54,24 @@ class Pairwise:
 
   def __call__(self, scores, q, k):
     del scores
-    over_keys = jax.vmap(self.fn, in_axes=(None, 0))
-    over_pairs = jax.vmap(over_keys, in_axes=(0, None))
-    energies = jax.vmap(over_pairs, in_axes=(0, 0))(q, k)
+    energies = over_pairs(self.fn)(q, k)
     if energies.shape != q.shape[:-1] + (k.shape[-2],):
       raise ValueError(
           f"a pairwise local energy must return a scalar per (query, key) pair, got shape {energies.shape[3:]} "
           "per pair; reduce it with jnp.sum or similar.")
     return energies
+
+  def with_query_gradients(self, q, k):
+    """``(E, ∇_q E)``: the energies ``E_hnm = fn(q_hn, k_hm)`` (H, N, M) and their gradients in the query
+    ``∂fn(q_hn, k_hm)/∂q_hn`` (H, N, M, Dh), one ``jax.value_and_grad`` of ``fn`` per pair."""
+    return over_pairs(jax.value_and_grad(self.fn))(q, k)
+
+
+def over_pairs(pair_fn):
+  """Lifts ``pair_fn(q: (Dh,), k: (Dh,))`` to every head and (query, key) pair: ``(H, N, Dh), (H, M, Dh) → (H, N,
+  M, ...)``."""
+  over_keys = jax.vmap(pair_fn, in_axes=(None, 0))
+  return jax.vmap(jax.vmap(over_keys, in_axes=(0, None)), in_axes=(0, 0))
 
 
 def pairwise(fn: Callable[[jax.Array, jax.Array], jax.Array]) -> LocalEnergy:

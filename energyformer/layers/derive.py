@@ -15,11 +15,13 @@ Three derivations of the field ``G(x)`` a layer's solver descends:
 With a Lagrangian ``L`` the field is taken with respect to the activations ``g = ∇L(x)``:
 ``G(x) = ∂E/∂g |_{g = ∇L(x)}`` (the Energy Transformer's ``τ dx/dt = −∂E/∂g``).
 
-Known energies take a closed form instead of ``jax.grad``: on the Helmholtz inner-product energy
-(``Interaction.is_softmax``) the tied field is ``−Σ_h (Σ_m p_hnm k_hm) W^Q_hᵀ`` and the relaxed one
-(``Interaction.relaxed_field``) ``−Σ_h (Σ_m p_hnm v_hm) W^O_h``, both one softmax-attention pass of the
-aggregator (dense, chunked or a fused kernel) whose derivatives of every order are exact. Any other energy, a
-user's own included, takes ``jax.grad`` (of the energy, or of its relaxed form's ``energy_of_scores``).
+An energy may compute its fields itself, through the optional hooks ``tied_field(params, x, mask, context)`` and
+``relaxed_field(params, x, mask, context)`` (each (N, D), exact to every order); the layer calls them where
+present. ``Interaction`` has both: on the Helmholtz inner-product energy the tied field is
+``−Σ_h (Σ_m p_hnm k_hm) W^Q_hᵀ`` and the relaxed one ``−Σ_h (Σ_m p_hnm v_hm) W^O_h``, each one softmax-attention
+pass of the aggregator (dense, chunked or a fused kernel); a pairwise energy's tied field is one online-softmax
+sweep over key tiles. Any other energy, a user's own included, takes ``jax.grad`` (of the energy, or of its
+relaxed form's ``energy_of_scores``).
 """
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ import jax.numpy as jnp
 
 from energyformer import solvers as solver_lib
 from energyformer.energies import masks
-from energyformer.energies.attention import Interaction
 from energyformer.energies.base import EnergySum
 from energyformer.energies.lagrangians import activation
 from energyformer.energies.relaxed import ScoreEnergy, has_relaxed_form
@@ -54,20 +55,15 @@ def _name(energy) -> str:
   return getattr(fn, "__name__", type(energy).__name__)
 
 
-def _softmax_tied(energy: Interaction, params, x, mask, context):
-  """``∂F/∂z = −Σ_h (Σ_m p_hnm k_hm) W^Q_hᵀ`` for the Helmholtz inner-product energy."""
-  k = energy.keys(params, context)
-  attended, _ = energy.aggregate.attention(params, energy.queries(params, x), k, k, mask)
-  return -jnp.einsum("hnk,dhk->nd", attended, params["query"])
-
-
 def tied_gradient(energy, params, x, mask, context=None):
-  """``∂F(z; c)/∂z`` at ``z = x`` with the context ``c`` held constant (``c = x`` unless given)."""
+  """``∂F(z; c)/∂z`` at ``z = x`` with the context ``c`` held constant (``c = x`` unless given). The energy's own
+  ``tied_field(params, x, mask, context) -> (N, D)`` (``Interaction``'s: a closed form or one sweep) replaces
+  ``jax.grad`` where present."""
   context = x if context is None else context
-  if isinstance(energy, Interaction) and energy.is_softmax:
-    return _softmax_tied(energy, params, x, mask, context)
   if isinstance(energy, EnergySum):
     return sum(tied_gradient(term, params[name], x, mask, context) for name, term in energy.terms.items())
+  if hasattr(energy, "tied_field"):
+    return energy.tied_field(params, x, mask, context)
   return jax.grad(checked_energy_value, argnums=2)(energy, params, x, context, mask)
 
 

@@ -12,7 +12,8 @@ are zero-padded and the padded keys masked.
 
 ``attention_forward``/``attention_tangent`` evaluate softmax attention of inner-product scores; ``tile_reduce``
 reduces any pair values computed tile by tile by a function (the logits of a user's local energy, pairwise or
-score-based), with its own blockwise derivative rule.
+score-based), with its own blockwise derivative rule; ``softmax_field`` averages per-pair vectors under the softmax
+of such logits (the tied field of a pairwise energy) in one sweep.
 """
 from __future__ import annotations
 
@@ -82,16 +83,23 @@ def _unless_hidden(visible, update, carry):
   return jax.lax.cond(jnp.any(visible), update, lambda c: c, carry)
 
 
-def _online_step(carry, logits, visible, v):
-  """One key block of the online logsumexp (module docstring); masked logits are ``−∞``. The running maximum only
-  shifts the exponentials, so it is held constant under differentiation (``L`` does not depend on it)."""
+def _online_init(rows_shape, dtype, weighted):
+  """The online logsumexp's ``(t, l, u)`` before any key block: ``t = −∞``, ``l = 0``, ``u = weighted``."""
+  return jnp.full(rows_shape, -jnp.inf, dtype), jnp.zeros(rows_shape, dtype), weighted
+
+
+def _online_step(carry, logits, visible, weigh):
+  """One key block of the online logsumexp (module docstring); masked logits are ``−∞``. ``weigh(e)`` is the
+  block's share of ``u``, ``Σ_m e_m v_m`` for the block's exponentials ``e`` (H, size, size). The running maximum
+  only shifts the exponentials, so it is held constant under differentiation (``L`` and ``o`` do not depend on
+  it)."""
   top, total, weighted = carry
   logits = logits if visible is None else jnp.where(visible, logits, -jnp.inf)
   new_top = jax.lax.stop_gradient(jnp.maximum(top, jnp.max(logits, axis=-1)))
   shift = jnp.where(jnp.isfinite(new_top), new_top, 0.0)
   decay = jnp.exp(top - shift)
   exps = jnp.exp(logits - shift[..., None])
-  weighted = weighted * decay[..., None] + matmul(exps, v)
+  weighted = weighted * decay[..., None] + weigh(exps)
   return new_top, total * decay + jnp.sum(exps, axis=-1), weighted
 
 
@@ -116,11 +124,10 @@ def attention_forward(q, k, v, mask, size: int):
     def key_block(carry, xs):
       j, k_j, v_j = xs
       vis = visible(i, j)
-      update = lambda c: _online_step(c, scores(q_i, k_j), vis, v_j)
+      update = lambda c: _online_step(c, scores(q_i, k_j), vis, lambda e: matmul(e, v_j))
       return _unless_hidden(vis, update, carry), None
 
-    init = (jnp.full((heads, size), -jnp.inf, dtype), jnp.zeros((heads, size), dtype),
-            jnp.zeros((heads, size, v.shape[-1]), dtype))
+    init = _online_init((heads, size), dtype, jnp.zeros((heads, size, v.shape[-1]), dtype))
     return _finish(*jax.lax.scan(key_block, init, key_blocks)[0])
 
   out, lse = jax.lax.map(query_block, (jnp.arange(grid.count(num_queries)), to_blocks(q, size)))
@@ -192,11 +199,22 @@ def tile_reduce(tile_fn, rows, cols, shared, mask, size: int, logsumexp: bool):
   return _tile_reduce(tile_fn, size, logsumexp, rows, cols, shared, mask)
 
 
+def _probe(tile_fn, rows, cols, shared, size: int):
+  """The shapes and dtypes ``tile_fn`` returns for one tile."""
+  return jax.eval_shape(tile_fn, *(jax.tree.map(lambda a: a[0], _tiles(x, size)) for x in (rows, cols)), shared)
+
+
+def _over_query_blocks(query_block, grid: Grid, rows, size: int):
+  """``query_block((i, rows_i))`` for every query block i, reassembled to (H, N, ...)."""
+  rows_blocks = (jnp.arange(grid.count(grid.num_queries)), _tiles(rows, size))
+  return from_blocks(jax.lax.map(query_block, rows_blocks), grid.num_queries)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
 def _tile_reduce(tile_fn, size, logsumexp, rows, cols, shared, mask):
   grid = Grid(size, length(rows), length(cols))
   visible = block_visibility(mask, grid)
-  probe = jax.eval_shape(tile_fn, *(jax.tree.map(lambda a: a[0], _tiles(x, size)) for x in (rows, cols)), shared)
+  probe = _probe(tile_fn, rows, cols, shared, size)
   col_blocks = (jnp.arange(grid.count(grid.num_keys)), _tiles(cols, size))
   empty_values = jnp.zeros((probe.shape[0], size, 0), probe.dtype)
 
@@ -207,18 +225,55 @@ def _tile_reduce(tile_fn, size, logsumexp, rows, cols, shared, mask):
       j, cols_j = xs
       vis = visible(i, j)
       if logsumexp:
-        update = lambda c: _online_step(c, tile_fn(rows_i, cols_j, shared), vis, empty_values)
+        update = lambda c: _online_step(c, tile_fn(rows_i, cols_j, shared), vis, lambda e: matmul(e, empty_values))
       else:
         update = lambda c: c + jnp.sum(_visible_only(tile_fn(rows_i, cols_j, shared), vis), axis=-1)
       return _unless_hidden(vis, update, carry), None
 
     if logsumexp:
-      init = (jnp.full(probe.shape[:2], -jnp.inf, probe.dtype), jnp.zeros(probe.shape[:2], probe.dtype), empty_values)
+      init = _online_init(probe.shape[:2], probe.dtype, empty_values)
       return _finish(*jax.lax.scan(key_block, init, col_blocks)[0])[1]
     return jax.lax.scan(key_block, jnp.zeros(probe.shape[:2], probe.dtype), col_blocks)[0]
 
-  rows_blocks = (jnp.arange(grid.count(grid.num_queries)), _tiles(rows, size))
-  return from_blocks(jax.lax.map(query_block, rows_blocks), grid.num_queries)
+  return _over_query_blocks(query_block, grid, rows, size)
+
+
+def softmax_field(tile_fn, rows, cols, shared, mask, size: int):
+  """``o_hn = Σ_m p_hnm g_hnm`` with ``p_hnm = softmax_m(z_hnm)`` over the visible keys of each query (0 for a row
+  with no visible key), in one online-softmax sweep over key tiles (module docstring, with per-pair vectors
+  ``g_hnm`` in place of per-key values).
+
+  ``tile_fn(rows_i, cols_j, shared) -> (z, g)`` gives query block i's and key block j's logits (H, size, size) and
+  per-pair vectors (H, size, size, Dv), with operands as in ``tile_reduce``. This is the field of a Helmholtz
+  energy ``−T Σ log Σ_m exp(−E/T)`` with ``z = −E/T`` and ``g = ∇_q E``. It has no rule of its own: derivatives of
+  every order differentiate the sweep, whose tile work (and the tile's branch) is rematerialised
+  (``jax.checkpoint``), so a gradient is one more sweep and memory stays linear in the sequence length.
+  """
+  grid = Grid(size, length(rows), length(cols))
+  visible = block_visibility(mask, grid)
+  logits, vectors = _probe(tile_fn, rows, cols, shared, size)
+  col_blocks = (jnp.arange(grid.count(grid.num_keys)), _tiles(cols, size))
+
+  def query_block(args):
+    i, rows_i = args
+
+    @jax.checkpoint
+    def key_block(carry, xs):
+      j, cols_j = xs
+      vis = visible(i, j)
+
+      @jax.checkpoint
+      def update(c):
+        z, g = tile_fn(rows_i, cols_j, shared)
+        return _online_step(c, z, vis, lambda e: jnp.einsum("hnm,hnmd->hnd", e, g))
+
+      return _unless_hidden(vis, update, carry), None
+
+    init = _online_init(logits.shape[:2], vectors.dtype,
+                        jnp.zeros(logits.shape[:2] + vectors.shape[-1:], vectors.dtype))
+    return _finish(*jax.lax.scan(key_block, init, col_blocks)[0])[0]
+
+  return _over_query_blocks(query_block, grid, rows, size)
 
 
 def _visible_only(values, visible):

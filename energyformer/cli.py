@@ -67,11 +67,12 @@ def load_plugin(plugin: str) -> None:
   if path.suffix == ".py":
     if not path.is_file():
       raise FileNotFoundError(f"--plugin {plugin}: no such file; give the path of a Python file or a module name.")
-    if getattr(sys.modules.get(path.stem), "__file__", None) == str(path):
+    name = f"energyformer_plugin_{path.stem}"            # never shadows a module of the same base name
+    if getattr(sys.modules.get(name), "__file__", None) == str(path):
       return
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return
   if os.getcwd() not in sys.path:

@@ -84,3 +84,10 @@ def test_a_missing_plugin_is_a_usage_error(tmp_path, capsys):
     cli.main(["--plugin", str(tmp_path / "absent.py"), "demo"])
   assert stop.value.code == 2
   assert "no such file" in capsys.readouterr().err
+
+
+def test_a_plugin_module_that_does_not_exist_is_a_usage_error(capsys):
+  with pytest.raises(SystemExit) as stop:
+    cli.main(["--plugin", "no_such_plugin_module_here", "demo"])
+  assert stop.value.code == 2
+  assert "no module of that name" in capsys.readouterr().err

@@ -113,15 +113,18 @@ class EnergyStack(nnx.Module):
     _check_hparam_tree(layer, hparams, depth, stacked_hparams)
     self.hparams = nnx.data(_wrap_hparams(hparams, learn_hparams, ("layers",) if stacked_hparams else ()))
 
-  def rollout(self, x, mask=None, state=None, *, record_energy: bool = False) -> Rollout:
-    """Runs the depth scan on ``x`` of shape (N, D) or (B, N, D); ``mask`` is (N, N) or (B, N, N)."""
+  def rollout(self, x, mask=None, state=None, *, record_energy: bool = False, num_steps: int | None = None) -> Rollout:
+    """Runs the depth scan on ``x`` of shape (N, D) or (B, N, D); ``mask`` is (N, N) or (B, N, N).
+
+    ``num_steps`` (default ``depth``) runs a shared stack (recurrent depth) for another number of steps."""
     dim = model_dim(self.layer)
     if dim is not None:
       check_tokens(x, dim)
     batch_shape = tuple(jnp.shape(x)[:-2])
     check_mask(mask, x.shape[-2], x.shape[-2], batch_shape)
     masks.check_boolean(mask)
-    run = functools.partial(unroll, self.layer, unwrap(self.params), unwrap(self.hparams), num_steps=self.depth,
+    run = functools.partial(unroll, self.layer, unwrap(self.params), unwrap(self.hparams),
+                            num_steps=self._num_steps(num_steps),
                             stacked_params=not self.shared, stacked_hparams=self.stacked_hparams,
                             record_energy=record_energy, remat=self.remat, scan_unroll=self.scan_unroll)
     if not batch_shape:
@@ -136,9 +139,19 @@ class EnergyStack(nnx.Module):
     return jax.vmap(lambda xi, mi, si: run(xi, mi, state=si), in_axes=(0, mask_axis, state_axis),
                     spmd_axis_name=axes or None)(x, mask, state)
 
-  def __call__(self, x, mask=None):
-    """The tokens after ``depth`` steps."""
-    return self.rollout(x, mask).x
+  def _num_steps(self, num_steps: int | None) -> int:
+    if num_steps is None or num_steps == self.depth:
+      return self.depth
+    check_positive_int("num_steps", num_steps)
+    if not self.shared or self.stacked_hparams:
+      raise ValueError(f"this stack was built with one parameter or hyperparameter set per step for depth "
+                       f"{self.depth}, so it runs exactly {self.depth} steps, not {num_steps}; build it with "
+                       "shared=True and stacked_hparams=False to run a recurrent stack for any number of steps.")
+    return num_steps
+
+  def __call__(self, x, mask=None, num_steps: int | None = None):
+    """The tokens after ``depth`` steps (``num_steps``, for a shared stack, to run another number)."""
+    return self.rollout(x, mask, num_steps=num_steps).x
 
   def energy(self, x, mask=None, step: int = 0):
     """The energy of step ``step``'s parameters at tokens ``x`` (summed over a batch)."""

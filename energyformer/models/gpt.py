@@ -41,6 +41,8 @@ class GPTConfig:
   aggregator refuse it.
   ``mlp``: ``"plain"`` is the standard MLP (the relaxed step on a GELU potential: untied output projection),
   ``"potential"`` the exact gradient step on that potential (tied weights), ``"none"`` attention only.
+  ``shared``: one parameter set for every depth step (a looped, weight-shared Transformer: recurrent depth), which
+  ``GPT(tokens, depth=...)`` can run for more or fewer steps than it was trained with.
   ``remat`` and ``scan_unroll`` (``True``: the depth loop unrolled, fastest for shallow models) are the depth
   scan's (``layers.unroll``); ``batch_axes`` are the mesh axes the batch is split over in sharded training
   (``EnergyStack``; the training programs set them from the sharding rules).
@@ -59,6 +61,7 @@ class GPTConfig:
   temperature: float | None = None
   splitting: str = "lie_trotter"
   tie_embeddings: bool = True
+  shared: bool = False
   remat: bool = True
   scan_unroll: int | bool = 1
   batch_axes: tuple[str, ...] = ()
@@ -88,15 +91,37 @@ def attention_layer(config: GPTConfig) -> Layer:
   return Layer(variant.energy(config), variant.solver, variant.mode, lagrangian=LayerNormLagrangian(config.dim))
 
 
-def block(config: GPTConfig):
-  """One depth step: the attention step, then (unless ``mlp="none"``) the MLP step, by splitting."""
-  attention = attention_layer(config)
-  if config.mlp == "none":
-    return attention
+def mlp_layer(config: GPTConfig) -> Layer:
+  """The MLP step ``config.mlp`` names (``"plain"`` or ``"potential"``), a unit gradient step at pre-normalised
+  tokens."""
   potential = Potential(config.dim, config.mlp_hidden, "gelu", bias=True, values=config.mlp == "plain")
-  mlp = Layer(potential, solvers.gradient_descent(1.0), "relaxed" if config.mlp == "plain" else "tied",
-              lagrangian=LayerNormLagrangian(config.dim))
-  return Split((attention, mlp), config.splitting)
+  return Layer(potential, solvers.gradient_descent(1.0), "relaxed" if config.mlp == "plain" else "tied",
+               lagrangian=LayerNormLagrangian(config.dim))
+
+
+def block(config: GPTConfig):
+  """One depth step: the variant's own ``block`` around its attention step if it has one; else the attention step,
+  then (unless ``mlp="none"``) the MLP step, by splitting."""
+  return _block_and_hparams(config)[0]
+
+
+def _block_and_hparams(config: GPTConfig):
+  """The depth step and its hyperparameters: ``attention_hparams`` on the attention part, defaults elsewhere."""
+  variant, attention = variants.get(config.variant), attention_layer(config)
+  if variant.block is not None:
+    layer = variant.block(config, attention)
+  elif config.mlp == "none":
+    layer = attention
+  else:
+    layer = Split((attention, mlp_layer(config)), config.splitting)
+  hparams = attention_hparams(config)
+  if layer is attention:
+    return layer, hparams
+  parts = getattr(layer, "parts", ())
+  if not any(part is attention for part in parts):
+    raise ValueError(f"variant {config.variant!r}: its block must be the attention layer it is given or a Split "
+                     "with that layer as one part.")
+  return layer, tuple(hparams if part is attention else part.default_hparams() for part in parts)
 
 
 def _param(rngs, shape, axes, stddev):
@@ -110,18 +135,23 @@ class GPT(nnx.Module):
     self.config = config
     self.embed = _param(rngs, (config.vocab_size, config.dim), ("vocab", "embed"), 0.02)
     self.positions = _param(rngs, (config.context_length, config.dim), (None, "embed"), 0.02)
-    layer = block(config)
-    hparams = attention_hparams(config)
-    hparams = hparams if config.mlp == "none" else (hparams, layer.parts[1].default_hparams())
-    self.blocks = EnergyStack(layer, config.depth, rngs=rngs, hparams=hparams, remat=config.remat,
+    layer, hparams = _block_and_hparams(config)
+    learned = variants.get(config.variant).learn_hparams
+    if learned:
+      hparams = jax.tree.map(lambda v: jnp.broadcast_to(v, (config.depth,) + jnp.shape(v)), hparams)
+    self.blocks = EnergyStack(layer, config.depth, rngs=rngs, shared=config.shared, hparams=hparams,
+                              learn_hparams=learned, stacked_hparams=learned, remat=config.remat,
                               scan_unroll=config.scan_unroll, batch_axes=config.batch_axes)
     self.norm_scale = nnx.Param(jnp.ones(config.dim), out_sharding=("embed",), eager_sharding=False)
     self.norm_bias = nnx.Param(jnp.zeros(config.dim), out_sharding=("embed",), eager_sharding=False)
     if not config.tie_embeddings:
       self.head = _param(rngs, (config.dim, config.vocab_size), ("embed", "vocab"), config.dim ** -0.5)
 
-  def __call__(self, tokens):
-    """Logits (B, T, V) for integer tokens (B, T), T ≤ ``context_length``; position t sees tokens ≤ t only."""
+  def __call__(self, tokens, depth: int | None = None):
+    """Logits (B, T, V) for integer tokens (B, T), T ≤ ``context_length``; position t sees tokens ≤ t only.
+
+    ``depth``: the number of depth steps to run (default ``config.depth``); another value needs ``shared=True``
+    (a weight-shared stack can run for any number of steps: test-time depth extrapolation)."""
     if jnp.ndim(tokens) != 2:
       raise ValueError(f"tokens must have shape (batch, length), got {jnp.shape(tokens)}.")
     length = tokens.shape[1]
@@ -129,7 +159,7 @@ class GPT(nnx.Module):
       raise ValueError(f"sequence length {length} exceeds the model's context_length "
                        f"{self.config.context_length}; shorten the input or build the model with a longer context.")
     x = self.embed[...][tokens] + self.positions[...][:length]
-    x = self.blocks(x, masks.causal(length))
+    x = self.blocks(x, masks.causal(length), num_steps=depth)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     x = (x - mean) * jax.lax.rsqrt(jnp.var(x, axis=-1, keepdims=True) + 1e-5) * self.norm_scale[...] + self.norm_bias[...]
     head = self.embed[...].T if self.config.tie_embeddings else self.head[...]

@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from energyformer.energies import masks
+from energyformer.layers.modules import unwrap
 from energyformer.models import GPT, GPTConfig, generate, variants
 
 TINY = dict(vocab_size=11, context_length=8, dim=16, num_heads=2, head_dim=8, depth=2, mlp_hidden=32)
@@ -125,3 +126,20 @@ def test_sequence_longer_than_context_is_refused():
     generate(model, jnp.zeros((1, 6), jnp.int32), 3)
   with pytest.raises(ValueError, match="key"):
     generate(model, jnp.zeros((1, 2), jnp.int32), 3, temperature=1.0)
+
+
+@pytest.mark.parametrize("variant", ["standard", "nesterov"])
+def test_shared_depth_runs_any_number_of_steps(variant):
+  """A weight-shared stack trained at depth L runs 2L steps as 2L explicit block steps with the one parameter set,
+  the solver state carried across them; a per-layer stack refuses another depth."""
+  model = _model(variant, shared=True)
+  x = jax.random.normal(jax.random.key(2), (6, TINY["dim"]))
+  layer, params, hparams = model.blocks.layer, unwrap(model.blocks.params), unwrap(model.blocks.hparams)
+  tokens, state = x, layer.init_state(x)
+  for _ in range(2 * TINY["depth"]):
+    tokens, state = layer.step(params, hparams, tokens, state, masks.causal(6))
+  assert jnp.allclose(model.blocks(x, masks.causal(6), num_steps=2 * TINY["depth"]), tokens, atol=1e-5)
+  prompt = jnp.arange(12).reshape(2, 6) % 11
+  assert jnp.array_equal(model(prompt, depth=TINY["depth"]), model(prompt))
+  with pytest.raises(ValueError, match="shared=True"):
+    _model(variant)(prompt, depth=4)

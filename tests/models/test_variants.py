@@ -101,3 +101,29 @@ def test_registry_errors_name_the_fix(user_variant):
     Variant("bad", variants.softmax_energy, solvers.momentum)
   with pytest.raises(ValueError, match="sideways"):
     Variant("bad", variants.softmax_energy, "gd", "sideways")
+
+
+def test_variant_block_and_learned_hyperparameters(monkeypatch):
+  """A variant's ``block`` builds the depth step around its attention layer (here Strang with the potential MLP);
+  ``learn_hparams`` makes each layer's hyperparameters trained parameters of shape (depth,), set by ``hparams``
+  and moved by training."""
+  from energyformer.models.gpt import mlp_layer
+  from energyformer.layers import Split
+  monkeypatch.setattr(variants, "_VARIANTS", dict(variants._VARIANTS))
+  block = lambda config, attention: Split((mlp_layer(config), attention), "strang")
+  variants.register(Variant("strang_momentum", variants.softmax_energy, solvers.momentum(), block=block,
+                            learn_hparams=True))
+  model = GPT(GPTConfig(**TINY, variant="strang_momentum", mlp="potential", hparams={"beta": 0.3}), rngs=nnx.Rngs(0))
+  layer = model.blocks.layer
+  assert isinstance(layer, Split) and layer.scheme == "strang" and layer.parts[0].solver.name == "gd"
+  learned = nnx.state(model.blocks, nnx.Param)["hparams"]
+  assert learned[1]["beta"][...].shape == (TINY["depth"],) and np.allclose(learned[1]["beta"][...], 0.3)
+  assert np.allclose(learned[0]["eta"][...], 1.0)
+  tokens = jax.random.randint(jax.random.key(3), (4, 8), 0, 11)
+  loss = lambda m: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(m(tokens[:, :-1]), tokens[:, 1:]))
+  grads = nnx.grad(loss)(model)
+  assert float(jnp.max(jnp.abs(grads.blocks.hparams[1]["beta"][...]))) > 0.0
+  with pytest.raises(ValueError, match="block must be"):
+    variants.register(Variant("detached", variants.softmax_energy, "gd", block=lambda config, attention:
+                              mlp_layer(config)))
+    GPT(GPTConfig(**TINY, variant="detached"), rngs=nnx.Rngs(0))

@@ -1,6 +1,8 @@
-"""GPT attention variants by name: each a recipe (attention energy, derivation mode, solver).
+"""GPT attention variants by name: each a recipe (attention energy, derivation mode, solver, optionally a block).
 
-The built-in variants register themselves below exactly as a user's does::
+Every module of this package registers its variants on import, and importing the package imports them all
+(``builtin`` first): a new variant is one new file here. The built-ins register themselves exactly as a user's
+does::
 
     variants.register(variants.Variant(
         "elastic_momentum", lambda config: energies.Interaction(config.dim, config.num_heads, config.head_dim,
@@ -16,8 +18,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import importlib
+import pkgutil
+
 from energyformer import solvers
-from energyformer.energies import Gated, Helmholtz, Interaction, PlainSum, quadratic
+from energyformer.energies import Helmholtz, Interaction
 from energyformer.layers.derive import MODES
 
 
@@ -27,6 +32,13 @@ class Variant:
   the layer derives its field by ``mode`` and steps along it with ``solver`` (a ``Solver`` or registered name).
 
   ``description`` is the one-line summary the documentation and command-line help show.
+
+  ``block(config, attention) -> layer``, if given, builds the whole depth step around ``attention`` (the variant's
+  attention ``Layer`` at pre-normalised tokens): a ``Layer``, or a ``Split`` one of whose parts is ``attention``.
+  Without it the step is ``attention`` then the MLP that ``config.mlp`` names (``models.gpt.block``).
+  The variant's hyperparameters (``GPTConfig.hparams``, sweeps) are those of ``solver``: they set the attention
+  part's; every other part keeps its own solver's defaults. ``learn_hparams``: each layer learns its own values of
+  them (one per layer, trained with the weights; every part's), starting from those values.
   """
 
   name: str
@@ -34,6 +46,8 @@ class Variant:
   solver: Any
   mode: str = "relaxed"
   description: str = ""
+  block: Callable[[Any, Any], Any] | None = None
+  learn_hparams: bool = False
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -45,6 +59,9 @@ class Variant:
     object.__setattr__(self, "solver", solvers.as_solver(self.solver, "Variant(solver=...)"))
     if self.mode not in MODES:
       raise ValueError(f"unknown derivation mode {self.mode!r} for variant {self.name!r}; choose one of {MODES}.")
+    if self.block is not None and not callable(self.block):
+      raise TypeError(f"Variant(block=...) must be a function (config, attention) -> layer, got "
+                      f"{type(self.block).__name__}.")
 
 
 _VARIANTS: dict[str, Variant] = {}
@@ -81,24 +98,11 @@ def softmax_energy(config, values: bool = True) -> Interaction:
                      values=values)
 
 
-def _linear_energy(config) -> Interaction:
-  return Interaction(config.dim, config.num_heads, config.head_dim, local=quadratic, aggregate=PlainSum(), values=True)
+def _import_recipes() -> None:
+  """Imports every module of this package, ``builtin`` first, so each registers its variants."""
+  modules = sorted(info.name for info in pkgutil.iter_modules(__path__))
+  for name in sorted(modules, key=lambda name: name != "builtin"):
+    importlib.import_module(f"{__name__}.{name}")
 
 
-def _gated_linear_energy(config) -> Interaction:
-  return Interaction(config.dim, config.num_heads, config.head_dim, local=quadratic, aggregate=Gated(), values=True)
-
-
-register(Variant("standard", softmax_energy, solvers.gradient_descent(), "relaxed",
-                 "Helmholtz inner-product energy, relaxed values; gradient descent (multi-head attention)"))
-register(Variant("tied", lambda config: softmax_energy(config, values=False), solvers.gradient_descent(), "tied",
-                 "Helmholtz inner-product energy, exact gradient; gradient descent"))
-register(Variant("momentum", softmax_energy, solvers.momentum(), "relaxed", "as standard; heavy ball (MomenMHA)"))
-register(Variant("nesterov", softmax_energy, solvers.nesterov(), "relaxed", "as standard; Nesterov (NagMHA)"))
-register(Variant("newton", softmax_energy, solvers.newton(), "relaxed", "as standard; Neumann-Newton (MHA2nd1st)"))
-register(Variant("light_newton", softmax_energy, solvers.light_newton(), "relaxed",
-                 "as standard; secant Newton (LightMHA2nd1st, this project's design)"))
-register(Variant("linear", _linear_energy, solvers.gradient_descent(), "relaxed",
-                 "quadratic local energy, plain sum, relaxed values; gradient descent (linear attention)"))
-register(Variant("gated_linear", _gated_linear_energy, solvers.gradient_descent(), "relaxed",
-                 "quadratic local energy, gated sum, relaxed values; gradient descent (gated linear attention)"))
+_import_recipes()

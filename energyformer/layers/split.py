@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
+
 SCHEMES = ("lie_trotter", "strang")
+
+
+def _state_signature(state):
+  """The shapes and dtypes of a solver state's leaves, in its tree structure."""
+  return jax.tree.map(lambda leaf: (jnp.shape(leaf), jnp.result_type(leaf)), state)
 
 
 def _halved(layer, hparams):
@@ -17,10 +25,15 @@ def _halved(layer, hparams):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """Splitting over ``parts`` (each a ``Layer``); params, hparams and solver state are tuples, one entry per part."""
+  """Splitting over ``parts`` (each a ``Layer``); params, hparams and solver state are tuples, one entry per part.
+
+  ``shared_state``: the parts share one solver state (e.g. one velocity carried through the attention and MLP
+  sub-steps, YuriiFormer), passed from each sub-step to the next; their solvers' states must have one structure.
+  """
 
   parts: tuple
   scheme: str = "lie_trotter"
+  shared_state: bool = False
 
   def __post_init__(self):
     if self.scheme not in SCHEMES:
@@ -36,19 +49,32 @@ class Split:
     return tuple(part.default_hparams() for part in self.parts)
 
   def init_state(self, x):
-    return tuple(part.init_state(x) for part in self.parts)
+    states = tuple(part.init_state(x) for part in self.parts)
+    if not self.shared_state:
+      return states
+    signatures = [_state_signature(state) for state in states]
+    if any(signature != signatures[0] for signature in signatures[1:]):
+      names = [part.solver.name for part in self.parts]
+      raise ValueError(f"Split(shared_state=True) needs parts whose solvers carry one state, but solvers {names} "
+                       f"carry {signatures}; give every part one solver family (e.g. all yurii_nesterov) or "
+                       "share none.")
+    return states[0]
 
   def energy_value(self, params, x, mask=None):
     """``Σ_k E_k(x)``: the composite energy the splitting descends."""
     return sum(part.energy_value(p, x, mask) for part, p in zip(self.parts, params))
 
   def step(self, params, hparams, x, state, mask=None):
-    state = list(state)
     if self.scheme == "lie_trotter":
       schedule = [(i, hparams[i]) for i in range(len(self.parts))]
     else:
       half = [(i, _halved(self.parts[i], hparams[i])) for i in range(len(self.parts) - 1)]
       schedule = half + [(len(self.parts) - 1, hparams[-1])] + half[::-1]
+    if self.shared_state:
+      for i, h in schedule:
+        x, state = self.parts[i].step(params[i], h, x, state, mask)
+      return x, state
+    state = list(state)
     for i, h in schedule:
       x, state[i] = self.parts[i].step(params[i], h, x, state[i], mask)
     return x, tuple(state)

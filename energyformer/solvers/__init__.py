@@ -4,3 +4,4 @@ from energyformer.solvers.registry import as_solver, get, names, register
 from energyformer.solvers.first_order import euler, gradient_descent, momentum, nesterov
 from energyformer.solvers.second_order import hessian_vector_product, light_newton, neumann_direction, newton
 from energyformer.solvers.stochastic import langevin
+from energyformer.solvers.yurii import velocity_norm, yurii_nesterov, yurii_polyak

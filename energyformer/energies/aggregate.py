@@ -182,6 +182,7 @@ class Discounted(Blockwise):
   decay: float = 0.9
   learnable: bool = False
   chunk_size: int | str | None = kernels.AUTO
+  indexes_positions = True  # the decay runs between the queries' and keys' row indices, not along the mask
 
   def __post_init__(self):
     check_range("decay", self.decay, 0.0, 1.0, low_open=True, fix="Use a decay γ in (0, 1].")
@@ -212,6 +213,7 @@ class Gated(Blockwise):
 
   bias_init: float = 3.0
   chunk_size: int | str | None = kernels.AUTO
+  indexes_positions = True  # as Discounted's
 
   def __post_init__(self):
     kernels.check_chunk_size(self.chunk_size)

@@ -179,15 +179,34 @@ class Layer:
   def init_state(self, x):
     return self.solver.init(x)
 
-  def step(self, params, hparams, x, state, mask=None):
+  def step(self, params, hparams, x, state, mask=None, context=None):
     """One solver step: ``(x, state) → solver.step(G, x, state, hparams)``.
 
     A solver with ``fixed_context`` (Newton) sees the query-side field ``z ↦ G(z; c = x)``, so its curvature is
     the Hessian with the keys and values held at the step's input; in the full derivation, and for all other
     solvers, ``G(z)`` moves the context with ``z`` (Nesterov's look-ahead moves every token).
+
+    ``context`` (tied and relaxed derivations): a function ``g ↦ c`` from the activations ``g`` (N, D) at which the
+    field is taken (the step's input under ``fixed_context``, else the solver's evaluation point) to the context
+    ``c`` (M, D) those tokens see, ``mask`` then being (N, M); by default ``c = g``. Incremental decoding passes
+    the earlier tokens' cached context rows with ``g`` placed after them, so new tokens step against their prefix.
     """
-    context = self.activations(params, x) if self.solver.fixed_context and self.mode != "full" else None
-    return self.solver.step(lambda z: self.gradient(params, z, mask, context), x, state, hparams)
+    if context is not None and self.mode == "full":
+      raise ValueError("the full derivation differentiates every token's key role, so its step takes no given "
+                       "context; use mode 'tied' or 'relaxed' to step tokens against a context.")
+    if self.solver.fixed_context and self.mode != "full":
+      fixed = self.activations(params, x)
+      fixed = fixed if context is None else context(fixed)
+      return self.solver.step(lambda z: self.gradient(params, z, mask, fixed), x, state, hparams)
+    if context is None:
+      return self.solver.step(lambda z: self.gradient(params, z, mask), x, state, hparams)
+
+    def field(z):
+      masks.check_boolean(mask)
+      g = self.activations(params, z)
+      return _FIELDS[self.mode](self.energy, params["energy"], g, mask, context(g))
+
+    return self.solver.step(field, x, state, hparams)
 
   def default_hparams(self, **overrides):
     """The solver's hyperparameters (defaults updated by ``overrides``) as arrays."""

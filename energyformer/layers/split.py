@@ -64,17 +64,31 @@ class Split:
     """``Σ_k E_k(x)``: the composite energy the splitting descends."""
     return sum(part.energy_value(p, x, mask) for part, p in zip(self.parts, params))
 
-  def step(self, params, hparams, x, state, mask=None):
+  @property
+  def num_substeps(self) -> int:
+    """Solver steps in one step of the splitting: one per part (Lie–Trotter), ``2K − 1`` for Strang."""
+    return len(self.parts) if self.scheme == "lie_trotter" else 2 * len(self.parts) - 1
+
+  def schedule(self, hparams):
+    """The sub-steps ``[(part index, hyperparameters), ...]`` of one step, in order (Strang: halved steps)."""
     if self.scheme == "lie_trotter":
-      schedule = [(i, hparams[i]) for i in range(len(self.parts))]
-    else:
-      half = [(i, _halved(self.parts[i], hparams[i])) for i in range(len(self.parts) - 1)]
-      schedule = half + [(len(self.parts) - 1, hparams[-1])] + half[::-1]
+      return [(i, hparams[i]) for i in range(len(self.parts))]
+    half = [(i, _halved(self.parts[i], hparams[i])) for i in range(len(self.parts) - 1)]
+    return half + [(len(self.parts) - 1, hparams[-1])] + half[::-1]
+
+  def step(self, params, hparams, x, state, mask=None, context=None):
+    """The sub-steps' solver steps in turn. ``context``: ``None``, or one ``Layer.step`` context per sub-step
+    (``num_substeps`` of them, in ``schedule`` order)."""
+    schedule = self.schedule(hparams)
+    if context is not None and len(context) != len(schedule):
+      raise ValueError(f"a {self.scheme} step of {len(self.parts)} parts takes {len(schedule)} contexts, one per "
+                       f"sub-step, got {len(context)}.")
+    contexts = [None] * len(schedule) if context is None else context
     if self.shared_state:
-      for i, h in schedule:
-        x, state = self.parts[i].step(params[i], h, x, state, mask)
+      for (i, h), c in zip(schedule, contexts):
+        x, state = self.parts[i].step(params[i], h, x, state, mask, c)
       return x, state
     state = list(state)
-    for i, h in schedule:
-      x, state[i] = self.parts[i].step(params[i], h, x, state[i], mask)
+    for (i, h), c in zip(schedule, contexts):
+      x, state[i] = self.parts[i].step(params[i], h, x, state[i], mask, c)
     return x, tuple(state)

@@ -1,6 +1,7 @@
 """Models composed from energy layers."""
 from energyformer.models import variants
-from energyformer.models.gpt import GPT, MLPS, GPTConfig, attention_hparams, attention_layer, block, generate, mlp_layer
+from energyformer.models.gpt import GPT, MLPS, GPTConfig, attention_hparams, attention_layer, block, mlp_layer
+from energyformer.models.decode import generate
 from energyformer.models.variants import Variant
 from energyformer.models.energy_transformer import MEMORIES, EnergyTransformer, ETConfig, et_energy, et_layer, et_mask
 from energyformer.models.graph_nodes import GraphNodeClassifier, edge_mask

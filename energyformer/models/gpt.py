@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from energyformer import solvers
-from energyformer.checks import check_positive_int, check_range
+from energyformer.checks import check_positive_int
 from energyformer.energies import Helmholtz, LayerNormLagrangian, Potential, masks
 from energyformer.layers import EnergyStack, Layer, Split
 from energyformer.models import variants
@@ -159,34 +159,12 @@ class GPT(nnx.Module):
       raise ValueError(f"sequence length {length} exceeds the model's context_length "
                        f"{self.config.context_length}; shorten the input or build the model with a longer context.")
     x = self.embed[...][tokens] + self.positions[...][:length]
-    x = self.blocks(x, masks.causal(length), num_steps=depth)
+    return self.readout(self.blocks(x, masks.causal(length), num_steps=depth))
+
+  def readout(self, x):
+    """Logits (..., V) of final token states (..., D): LayerNorm, then the (tied) output projection."""
     mean = jnp.mean(x, axis=-1, keepdims=True)
     x = (x - mean) * jax.lax.rsqrt(jnp.var(x, axis=-1, keepdims=True) + 1e-5) * self.norm_scale[...] + self.norm_bias[...]
     head = self.embed[...].T if self.config.tie_embeddings else self.head[...]
     return x @ head
 
-
-def generate(model: GPT, prompt, num_new_tokens: int, *, temperature: float = 0.0, key=None):
-  """Extends ``prompt`` (B, P) by ``num_new_tokens``: greedy for ``temperature = 0``, else sampling from
-  ``softmax(logits / temperature)``. Returns (B, P + num_new_tokens)."""
-  batch, prompt_length = jnp.shape(prompt)
-  total = prompt_length + num_new_tokens
-  if total > model.config.context_length:
-    raise ValueError(f"prompt length {prompt_length} + {num_new_tokens} new tokens exceeds context_length "
-                     f"{model.config.context_length}; generate fewer tokens.")
-  check_range("temperature", temperature, 0.0, fix="Use temperature 0 for greedy decoding or > 0 to sample.")
-  if temperature > 0 and key is None:
-    raise ValueError("sampling with temperature > 0 needs a PRNG key: pass key=jax.random.key(seed).")
-  graph, state = nnx.split(model)
-  buffer = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_length].set(prompt)
-  keys = jax.random.split(jax.random.key(0) if key is None else key, max(num_new_tokens, 1))
-
-  def next_token(t, buffer):
-    logits = nnx.merge(graph, state)(buffer)[:, t - 1]
-    if temperature > 0:
-      token = jax.random.categorical(keys[t - prompt_length], logits / temperature)
-    else:
-      token = jnp.argmax(logits, axis=-1)
-    return buffer.at[:, t].set(token.astype(jnp.int32))
-
-  return jax.jit(lambda b: jax.lax.fori_loop(prompt_length, total, next_token, b))(buffer)

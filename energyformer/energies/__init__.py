@@ -8,3 +8,5 @@ from energyformer.energies.local import elastic, huber, inner_product, lp, pairw
 from energyformer.energies.memory import HopfieldLogSumExp, HopfieldReLU2, Potential
 from energyformer.energies.relaxed import ScoreEnergy, has_relaxed_form
 from energyformer.energies.params import ParamSpec, constant, init_params, normal, param_axes, param_trainable
+from energyformer.energies.hyperspherical import (SphereAttention, SphereFeedForward, sphere, sphere_energy,
+                                                  symmetric_attention)

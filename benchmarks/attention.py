@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 from energyformer.energies import Helmholtz, Interaction, init_params, masks, param_trainable
 from energyformer.layers import Layer
+from report import check_repeats, conditions, ratios, show, spread
 
 MB = 2.0 ** 20
 
@@ -193,6 +194,11 @@ def measure(names, seq: int, heads: int, head_dim: int, batch: int, repeats: int
   ref = rows["reference"]
   for name, row in rows.items():
     row["ratios"] = {k: row[k] / ref[k] if ref[k] else float("nan") for k in RATIO_KEYS}
+    # Time ratios repeat by repeat (ours and the reference timed within the same interleaved round): their median
+    # is the ratio reported, their range its spread.
+    row["ratio_spread"] = {f"{kind}_s": spread(ratios(row[f"{kind}_times_s"], ref[f"{kind}_times_s"]))
+                           for kind in ("forward", "train_step")}
+    row["ratios"].update({k: v["median"] for k, v in row["ratio_spread"].items()})
   # Every relaxed layer (and the einsum baseline) is the reference attention: same output, same training gradients.
   for name in rows:
     if name == "einsum" or name.startswith("relaxed"):
@@ -231,6 +237,10 @@ def print_table(results) -> None:
             f"{row['train_step_temp_bytes'] / MB:>13.1f} {r['train_step_temp_bytes']:>5.2f}x")
     print("-" * len(header))
   for result in results:
+    ref = result["layers"]["reference"]
+    print(f"S={result['seq']}: reference forward {show(spread(ref['forward_times_s']), 1e3, 1, ' ms')}, train step "
+          f"{show(spread(ref['train_step_times_s']), 1e3, 1, ' ms')}, train-step temp memory "
+          f"{ref['train_step_temp_bytes'] / MB:.1f} MB")
     for name, row in result["layers"].items():
       if "train_step_rel_diff" in row:
         print(f"S={result['seq']}: {name} vs reference, max |Δ| / max |reference|: output "
@@ -240,10 +250,10 @@ def print_table(results) -> None:
     for name, row in result["layers"].items():
       if name == "reference":
         continue
-      r = row["ratios"]
-      print(f"S={result['seq']}: {name} forward time {r['forward_s']:.2f}x, train-step time "
-            f"{r['train_step_s']:.2f}x, forward temp memory {r['forward_temp_bytes']:.2f}x, "
-            f"train-step temp memory {r['train_step_temp_bytes']:.2f}x")
+      r, spreads = row["ratios"], row["ratio_spread"]
+      print(f"S={result['seq']}: {name} forward time {show(spreads['forward_s'])}x, train-step time "
+            f"{show(spreads['train_step_s'])}x (median (range) of {result['repeats']} repeats), forward temp "
+            f"memory {r['forward_temp_bytes']:.2f}x, train-step temp memory {r['train_step_temp_bytes']:.2f}x")
     layers = result["layers"]
     if "einsum" in layers:
       for name in [n for n in layers if n not in ("reference", "einsum")]:
@@ -307,6 +317,9 @@ def main(argv=None) -> None:
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   args = parser.parse_args(argv)
 
+  if args.repeats is not None:
+    check_repeats(args.repeats)
+  print(conditions("started"))
   seqs = args.seq if args.seq is not None else ([256] if args.quick else [512, 2048])
   longs = args.long if args.long is not None else ([] if args.quick else [8192])
   info = machine()
@@ -338,10 +351,11 @@ def main(argv=None) -> None:
     print_growth(growth[seq])
     print()
   print_targets(results, long_results)
+  print(conditions("finished"))
 
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"command": " ".join(sys.argv), "machine": info, "results": results, "long_results": long_results,
+      json.dump({"command": " ".join(sys.argv), "machine": info, "load_average_end": os.getloadavg(), "results": results, "long_results": long_results,
                  "chunked_memory_growth": growth}, f, indent=2)
     print(f"\nwrote {args.json}")
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from energyformer.models.energy_transformer import EnergyTransformer, ETConfig
+from report import check_repeats, conditions, ratios, show, spread
 
 PAPER = dict(dim=768, num_heads=12, head_dim=64, num_memories=3072, tokens=197)
 SMALL = dict(dim=128, num_heads=4, head_dim=32, num_memories=512, tokens=65)
@@ -130,8 +131,9 @@ def measure(sizes: dict, batch: int, steps: int, repeats: int) -> dict:
   rows = {}
   for name in versions:
     row = {f"{kind}_s": statistics.median(times[name, kind]) for kind in ("forward", "train_step")}
-    row.update({f"{kind}_ratio": row[f"{kind}_s"] / statistics.median(times["manual", kind])
+    row.update({f"{kind}_ratio_spread": spread(ratios(times[name, kind], times["manual", kind]))
                 for kind in ("forward", "train_step")})
+    row.update({f"{kind}_ratio": row[f"{kind}_ratio_spread"]["median"] for kind in ("forward", "train_step")})
     row.update({f"{kind}_rel_diff": _max_relative(outputs[name, kind], outputs["manual", kind])
                 for kind in ("forward", "train_step")})
     rows[name] = row
@@ -143,13 +145,14 @@ def print_table(result: dict) -> None:
   s = result["sizes"]
   print(f"ET block: D={s['dim']} H={s['num_heads']} Y={s['head_dim']} M={s['num_memories']} N={s['tokens']}, "
         f"T={result['steps']} steps, batch {result['batch']}, {result['backend']}, median of {result['repeats']}")
-  header = f"{'version':<9} | {'forward ms':>10} {'ratio':>6} | {'train ms':>9} {'ratio':>6} | {'max rel diff':>12}"
+  header = (f"{'version':<9} | {'forward ms':>10} {'ratio (range)':>18} | {'train ms':>9} {'ratio (range)':>18} | "
+            f"{'max rel diff':>12}")
   print(header)
   print("-" * len(header))
   for name, row in result["versions"].items():
     diff = max(row["forward_rel_diff"], row["train_step_rel_diff"])
-    print(f"{name:<9} | {1e3 * row['forward_s']:>10.1f} {row['forward_ratio']:>5.2f}x | "
-          f"{1e3 * row['train_step_s']:>9.1f} {row['train_step_ratio']:>5.2f}x | {diff:>12.1e}")
+    print(f"{name:<9} | {1e3 * row['forward_s']:>10.1f} {show(row['forward_ratio_spread'], unit='x'):>18} | "
+          f"{1e3 * row['train_step_s']:>9.1f} {show(row['train_step_ratio_spread'], unit='x'):>18} | {diff:>12.1e}")
 
 
 def main(argv=None) -> None:
@@ -160,8 +163,11 @@ def main(argv=None) -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--json", help="also write the results to this file")
   args = parser.parse_args(argv)
+  check_repeats(args.repeats)
+  print(conditions("started"))
   result = measure(SMALL if args.small else PAPER, args.batch, args.steps, args.repeats)
   print_table(result)
+  print(conditions("finished"))
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)

@@ -5,7 +5,8 @@ For each shape (B sequences × H heads, N tokens, head size Dh) both products of
 differentiated in reverse mode (``jax.grad`` of ``Σ o ⊙ w`` w.r.t. q, k and v; the forward products are the same).
 Each gradient runs ``--repeats`` times inside one compiled ``lax.fori_loop``, every output feeding the next
 evaluation, so that dispatch does not count; printed are medians over ``--runs`` calls (the two ways' calls
-interleaved), per evaluation, and the ratio reference / ours (above 1: ``matmul`` is faster).
+interleaved), per evaluation, and the ratio reference / ours (above 1: ``matmul`` is faster), taken call by call:
+its median and, in brackets, its range over the runs. The date and load average are printed at the start and end.
 
   python benchmarks/matmul.py [--runs 7] [--repeats 50]
 """
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from energyformer.ops.matmul import matmul, swap
+from report import check_repeats, conditions, ratios, show, spread
 
 SHAPES = [  # (sequences·heads, N, Dh)
     (16 * 2, 11, 8),  # one tiny LIS model: batch 16, 2 heads
@@ -38,8 +40,8 @@ def _attention_gradient(product, weights):
   return jax.grad(loss, argnums=(0, 1, 2))
 
 
-def _seconds_per_evaluation(fns, operands, repeats: int, runs: int) -> list[float]:
-  """Median seconds per evaluation of each function, its runs interleaved with the others'."""
+def _seconds_per_evaluation(fns, operands, repeats: int, runs: int) -> list[list[float]]:
+  """Seconds per evaluation of each function in each of ``runs`` calls, its calls interleaved with the others'."""
   def looped(fn):
     def body(_, operands):  # every output feeds the next evaluation, so none of it is dead code
       return tuple(x + 1e-30 * y for x, y in zip(operands, fn(*operands)))
@@ -53,7 +55,7 @@ def _seconds_per_evaluation(fns, operands, repeats: int, runs: int) -> list[floa
       began = time.perf_counter()
       jax.block_until_ready(fn(*operands))
       spent.append(time.perf_counter() - began)
-  return [float(np.median(spent)) / repeats for spent in times]
+  return [[t / repeats for t in spent] for spent in times]
 
 
 def main() -> None:
@@ -61,16 +63,20 @@ def main() -> None:
   parser.add_argument("--runs", type=int, default=7)
   parser.add_argument("--repeats", type=int, default=50)
   args = parser.parse_args()
+  check_repeats(args.runs)
+  print(conditions("started"))
   print(f"machine: {platform.platform()} ({platform.processor() or platform.machine()}), {os.cpu_count()} CPUs, "
         f"{jax.default_backend()}")
-  print(f"{'B·H':>5s} {'N':>4s} {'Dh':>3s} | {'gradient µs: jnp.matmul':>23s} {'matmul':>7s} {'ratio':>6s}")
+  print(f"{'B·H':>5s} {'N':>4s} {'Dh':>3s} | {'gradient µs: jnp.matmul':>23s} {'matmul':>7s} {'ratio (range over runs)':>24s}")
   for batch, tokens, head_dim in SHAPES:
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v = (jax.random.normal(key, (batch, tokens, head_dim)) for key in keys[:3])
     weights = jax.random.normal(keys[3], (batch, tokens, head_dim))
     gradients = [_attention_gradient(product, weights) for product in (jnp.matmul, matmul)]
-    ref, ours = (1e6 * t for t in _seconds_per_evaluation(gradients, (q, k, v), args.repeats, args.runs))
-    print(f"{batch:5d} {tokens:4d} {head_dim:3d} | {ref:23.1f} {ours:7.1f} {ref / ours:5.2f}x")
+    ref, ours = _seconds_per_evaluation(gradients, (q, k, v), args.repeats, args.runs)
+    print(f"{batch:5d} {tokens:4d} {head_dim:3d} | {1e6 * np.median(ref):23.1f} {1e6 * np.median(ours):7.1f} "
+          f"{show(spread(ratios(ref, ours)), unit='x'):>24s}", flush=True)
+  print(conditions("finished"))
 
 
 if __name__ == "__main__":

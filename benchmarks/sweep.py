@@ -9,9 +9,10 @@ over a grid, ``--steps-per-call`` training steps per call of the compiled progra
   host the CPU is split into N devices (``use_cpu_devices``, default one per core): a small model's operations
   run mostly on one core, so this is how a population uses all of them.
 
-Every configuration is compiled and run once, then timed ``--repeats`` times, interleaved; printed are the medians
-of the training-step times, the step throughput ratios ``P · t_alone / t_vmapped`` and the ratio of end-to-end
-wall times (model building, data and evaluation included).
+Every configuration is compiled and run once, then timed ``--repeats`` times (at least 3), interleaved; printed are
+the medians of the training-step times, the step throughput ratios ``P · t_alone / t_vmapped`` and the ratio of
+end-to-end wall times (model building, data and evaluation included), each ratio taken repeat by repeat, its
+median with its range in brackets. The date and load average are printed at the start and end.
 
   python benchmarks/sweep.py [--sizes 8 32] [--steps 100] [--steps-per-call 25] [--models tiny default] [--devices N]
                              [--repeats 3]
@@ -28,6 +29,7 @@ import numpy as np
 
 from energyformer.train import mesh as mesh_lib
 from energyformer.train.optim import shorter_warmup
+from report import check_repeats, conditions, ratios, show, spread
 
 
 def _members(size: int) -> list[dict]:
@@ -57,11 +59,11 @@ def measure(model: str, size: int, steps: int, steps_per_call: int, devices: int
   for _ in range(repeats):
     for name, (way_config, chunk_size) in ways.items():
       times[name].append(_timed(task, members, way_config, chunk_size))
-  step = {name: float(np.median([t[0] for t in runs])) for name, runs in times.items()}
-  wall = {name: float(np.median([t[1] for t in runs])) for name, runs in times.items()}
-  return {"model": model, "members": size, "step_ms": {k: 1e3 * v for k, v in step.items()},
-          "step_ratio": {k: size * step["alone"] / step[k] for k in ("vmapped", "devices")},
-          "wall_ratio": {k: wall["alone"] / wall[k] for k in ("vmapped", "devices")}}
+  step = {name: [t[0] for t in runs] for name, runs in times.items()}
+  wall = {name: [t[1] for t in runs] for name, runs in times.items()}
+  return {"model": model, "members": size, "step_ms": {k: 1e3 * float(np.median(v)) for k, v in step.items()},
+          "step_ratio": {k: spread(ratios([size * t for t in step["alone"]], step[k])) for k in ("vmapped", "devices")},
+          "wall_ratio": {k: spread(ratios(wall["alone"], wall[k])) for k in ("vmapped", "devices")}}
 
 
 def main() -> None:
@@ -73,12 +75,15 @@ def main() -> None:
   parser.add_argument("--devices", type=int, default=os.cpu_count(), help="devices of the third way (default: cores)")
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
+  check_repeats(args.repeats)
+  print(conditions("started"))
   mesh_lib.use_cpu_devices(args.devices)
   import jax
   print(f"machine: {platform.platform()} ({platform.processor() or platform.machine()}), {os.cpu_count()} CPUs, "
         f"{jax.device_count()} {jax.default_backend()} devices")
   header = (f"{'model':8s} {'P':>3s} | {'alone':>7s} {'vmapped':>8s} {f'over {args.devices}':>8s} ms/step | "
-            f"{'step ratio':>10s} {f'over {args.devices}':>8s} | {'wall ratio':>10s} {f'over {args.devices}':>8s}")
+            f"{'step ratio vmapped':>18s} {f'over {args.devices}':>18s} | {'wall ratio vmapped':>18s} "
+            f"{f'over {args.devices}':>18s}")
   print(header)
   print("-" * len(header))
   for model in args.models:
@@ -86,8 +91,9 @@ def main() -> None:
       r = measure(model, size, args.steps, args.steps_per_call, args.devices, args.repeats)
       ms, step, wall = r["step_ms"], r["step_ratio"], r["wall_ratio"]
       print(f"{model:8s} {size:>3d} | {ms['alone']:>7.2f} {ms['vmapped']:>8.1f} {ms['devices']:>8.1f}         | "
-            f"{step['vmapped']:>9.2f}x {step['devices']:>7.2f}x | {wall['vmapped']:>9.2f}x {wall['devices']:>7.2f}x",
-            flush=True)
+            f"{show(step['vmapped']):>18s} {show(step['devices']):>18s} | {show(wall['vmapped']):>18s} "
+            f"{show(wall['devices']):>18s}", flush=True)
+  print(conditions("finished"))
 
 
 if __name__ == "__main__":

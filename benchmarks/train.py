@@ -1,6 +1,7 @@
 """Training-step time on 1 device against 8-device meshes, checkpoint save time, and accelerator throughput.
 
-Measured in one run, each training step timed after compilation on synthetic batches (median of ``--steps``):
+Measured in one run, each training step timed after compilation on synthetic batches (median of ``--steps``, at
+least 3, with their range; the date and load average are printed at the start and end):
 
 1. the pretraining step of a model (``--model`` preset, default ``tiny``) on the single-device mesh and on the
    8-device ``data``, ``fsdp`` and ``fsdp_tp`` meshes. On a CPU the 8 devices are fake
@@ -37,6 +38,7 @@ from energyformer.train.optim import hyperparameters
 from energyformer.train.programs import programs
 from energyformer.train.sharding import batch_sharding
 from energyformer.train.task import PopulationBatches
+from report import check_repeats, conditions, show, spread
 
 # Dense bfloat16 peak FLOP/s by device kind (vendor figures).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
@@ -56,8 +58,8 @@ def _batch(config, sharding, rng):
 
 
 def time_steps(config, mesh, steps: int):
-  """Median seconds per training step of ``config`` (a ``Pretraining``) on ``mesh`` (compilation and first step
-  excluded), and the final state."""
+  """Seconds of each training step of ``config`` (a ``Pretraining``) on ``mesh`` (compilation and first step
+  excluded, ``report.spread``), and the final state."""
   compiled = programs(config.task, (), config.trainer, mesh)
   rng = np.random.default_rng(0)
   sharding = batch_sharding(mesh, config.trainer.mesh.rules, leading=(None, "population"))
@@ -73,7 +75,7 @@ def time_steps(config, mesh, steps: int):
       state, opt_state, metrics = compiled.steps(state, opt_state, batch, hparams, seeds, step)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - began)
-  return float(np.median(times)), state, opt_state
+  return spread(times), state, opt_state
 
 
 def time_checkpoint(config, state, opt_state, repeats: int = 3) -> tuple[float, float]:
@@ -109,13 +111,15 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--batch-size", type=int, default=16)
   args = parser.parse_args()
+  check_repeats(args.steps)
+  print(conditions("started"))
   preset = presets()[args.model]
   config = dataclasses.replace(preset, trainer=dataclasses.replace(preset.trainer, batch_size=args.batch_size))
   device = jax.devices()[0]
   print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; {jax.device_count()} {device.platform} devices "
         f"({device.device_kind}); model {args.model} ({parameter_count(config.task.model) / 1e6:.2f}M parameters), "
         f"batch {config.trainer.batch_size} x {config.task.data.sequence_length}")
-  print(f"\n{'mesh':8s} {'shape':>9s} {'ms/step':>9s} {'vs 1 device':>12s}")
+  print(f"\n{'mesh':8s} {'shape':>9s} {'ms/step (range)':>22s} {'vs 1 device':>12s}")
   single = None
   for name in ("single", "data", "fsdp", "fsdp_tp"):
     try:
@@ -123,25 +127,29 @@ def main() -> None:
     except ValueError as error:  # a mesh the devices cannot hold (fsdp_tp on one accelerator)
       print(f"{name:8s} skipped: {error}")
       continue
-    seconds, params, opt_state = time_steps(_on(config, MESHES[name]), mesh, args.steps)
+    times, params, opt_state = time_steps(_on(config, MESHES[name]), mesh, args.steps)
+    seconds = times["median"]
     if single is None:
       single, state = seconds, (params, opt_state)
     shape = "x".join(str(mesh.shape[a]) for a in mesh.axis_names)
-    print(f"{name:8s} {shape:>9s} {1e3 * seconds:9.1f} {seconds / single:11.2f}x")
+    print(f"{name:8s} {shape:>9s} {show(times, 1e3, 1):>22s} {seconds / single:11.2f}x", flush=True)
   blocking, complete = time_checkpoint(config, *state)
   print(f"\ncheckpoint of the training state (async save): blocks {1e3 * blocking:.1f} ms "
         f"({blocking / single:.2f} steps), complete after {1e3 * complete:.1f} ms ({complete / single:.2f} steps)")
   if device.platform == "cpu":
     print("\nno GPU or TPU: skipping the gpt2-124m tokens/s and MFU measurement")
+    print(conditions("finished"))
     return
   big = presets()["gpt2-124m"]
   big = dataclasses.replace(big, trainer=dataclasses.replace(big.trainer, batch_size=16 * jax.device_count()))
-  seconds, _, _ = time_steps(_on(big, MESHES["fsdp"]), make_mesh(MESHES["fsdp"]), args.steps)
+  times, _, _ = time_steps(_on(big, MESHES["fsdp"]), make_mesh(MESHES["fsdp"]), args.steps)
+  seconds = times["median"]
   tokens = big.tokens_per_step / seconds
   peak = peak_flops(device)
   mfu = f"{tokens * flops_per_token(big) / (peak * jax.device_count()):.1%}" if peak else "unknown peak for this device"
   print(f"\ngpt2-124m, bf16, fsdp over {jax.device_count()} devices, batch {big.trainer.batch_size} x "
         f"{big.task.data.sequence_length}: {1e3 * seconds:.0f} ms/step, {tokens:,.0f} tokens/s, MFU {mfu}")
+  print(conditions("finished"))
 
 
 def _on(config, mesh_config):

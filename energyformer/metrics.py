@@ -27,6 +27,7 @@ class MetricsWriter:
         self._board.add_scalar(name, value, int(step))
 
   def close(self) -> None:
+    """Closes the JSONL file and the TensorBoard writer."""
     self._jsonl.close()
     if self._board is not None:
       self._board.close()

@@ -75,6 +75,7 @@ class Helmholtz(Blockwise):
       raise ValueError(f"unknown implementation {self.implementation!r}; choose one of {kernels.IMPLEMENTATIONS}.")
 
   def specs(self, dim: int, num_heads: int, head_dim: int):
+    """``temperature`` (H,): ``√head_dim`` unless given; trained when ``learnable``."""
     del dim
     value = math.sqrt(head_dim) if self.temperature is None else self.temperature
     return {"temperature": ParamSpec((num_heads,), ("heads",), constant(value), self.learnable)}
@@ -121,6 +122,7 @@ class PlainSum(Blockwise):
     kernels.check_chunk_size(self.chunk_size)
 
   def specs(self, dim, num_heads, head_dim):
+    """None: a plain sum has no parameters."""
     return {}
 
   def __call__(self, energies, mask, params, context):
@@ -189,6 +191,7 @@ class Discounted(Blockwise):
     kernels.check_chunk_size(self.chunk_size)
 
   def specs(self, dim, num_heads, head_dim):
+    """``decay`` (H,), one discount per head; trained when ``learnable``."""
     return {"decay": ParamSpec((num_heads,), ("heads",), constant(self.decay), self.learnable)}
 
   def __call__(self, energies, mask, params, context):
@@ -219,6 +222,7 @@ class Gated(Blockwise):
     kernels.check_chunk_size(self.chunk_size)
 
   def specs(self, dim, num_heads, head_dim):
+    """The gates' projection ``gate_kernel`` (D, H) and bias: the gates are computed from the context tokens."""
     return {
         "gate_kernel": ParamSpec((dim, num_heads), ("embed", "heads"), normal(dim ** -0.5)),
         "gate_bias": ParamSpec((num_heads,), ("heads",), constant(self.bias_init)),

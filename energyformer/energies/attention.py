@@ -32,6 +32,12 @@ from energyformer.energies.params import ParamSpec, normal
 class Interaction:
   """Multi-head interaction energy ``F(x; c) = A(local(q·k, q, k))`` (see the module docstring).
 
+  ``Interaction(dim, num_heads, head_dim, local=inner_product, aggregate=Helmholtz(), values=False)``.
+  ``energy(params, x, context, mask)``: ``x`` (N, dim), ``context`` (M, dim), ``mask`` boolean (N, M) or ``None``
+  → a scalar of ``x``'s dtype. Parameters: ``query``, ``key`` (dim, H, Dh) (+ ``value``, ``output`` with
+  ``values=True``) and the aggregator's (``temperature`` (H,) for Helmholtz). ``local`` is any local energy
+  (``energies.local``); it never sees the mask: the aggregator drops the hidden pairs, so masking is handled here.
+
   With ``values=True`` it also owns value and output projections ``W^V`` (D, H, Dh) and ``W^O`` (H, Dh, D), used
   only by the *relaxed* derivation: the same attention weights ``−∂F/∂s`` applied to ``v = c W^V`` and
   projected by ``W^O`` instead of the tied ``k W^Qᵀ``.

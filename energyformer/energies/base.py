@@ -3,8 +3,18 @@
 An *energy* is any object with
 
 * ``__call__(params, x, context, mask) -> scalar``: a pure function of the tokens being updated ``x`` (N, D),
-  the context ``c`` (M, D), and a boolean mask (N, M) or ``None``;
+  the context ``c`` (M, D), and a boolean mask (N, M) or ``None``; a float scalar of ``x``'s dtype. One sequence:
+  layers and stacks vmap over batches. ``params`` is the pytree of arrays its ``specs()`` declares;
 * ``specs() -> dict`` of ``ParamSpec``: the parameters it needs (possibly none).
+
+**Masks are the energy's job.** ``mask[n, m]`` True means query token n may interact with context token m;
+``None`` means all pairs. A layer passes the mask through and never applies it itself: an energy must leave the
+hidden pairs out of its value (a causal decoder otherwise sees the future). The library's energies do:
+``Interaction`` hands it to its aggregator (``Helmholtz``, ``PlainSum``, ``Discounted``, ``Gated``), which drops
+hidden pairs, so a local energy — a user's ``energies.pairwise`` function included — never sees a mask and needs
+no mask handling; memories and potentials act on each token alone and have no pairs to mask. An energy written as
+a whole function (``energy(fn)``, ``FunctionEnergy``, or a class of your own) that couples tokens must apply the
+mask itself, e.g. ``jnp.where(mask, pair_terms, 0)`` before summing (with ``mask=None`` meaning all pairs).
 
 That is all the ``"tied"`` and ``"full"`` derivations need. An energy of bilinear scores also takes the
 ``"relaxed"`` one by declaring its relaxed form (``energies.relaxed.ScoreEnergy``). An energy may also compute its
@@ -28,6 +38,7 @@ class EnergySum:
   terms: Mapping[str, Any]
 
   def specs(self):
+    """``{name: term.specs()}``: each term's parameters under its name."""
     return {name: term.specs() for name, term in self.terms.items()}
 
   def __call__(self, params, x, context, mask=None):
@@ -36,12 +47,17 @@ class EnergySum:
 
 @dataclasses.dataclass(frozen=True)
 class FunctionEnergy:
-  """An energy written as a plain function ``fn(params, x, context, mask) -> scalar`` with declared parameters."""
+  """An energy written as a plain function ``fn(params, x, context, mask) -> scalar`` with declared parameters.
+
+  ``x`` (N, D), ``context`` (M, D), ``mask`` boolean (N, M) or ``None``; ``fn`` must apply the mask itself (the
+  module docstring: masks are the energy's job).
+  """
 
   fn: Callable[..., jax.Array]
   param_specs: Mapping[str, ParamSpec] = dataclasses.field(default_factory=dict)
 
   def specs(self):
+    """The declared parameters, ``{name: ParamSpec}``."""
     return dict(self.param_specs)
 
   def __call__(self, params, x, context, mask=None):

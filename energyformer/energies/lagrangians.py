@@ -30,6 +30,7 @@ class LayerNormLagrangian:
     check_range("eps", self.eps, 0.0, low_open=True, fix="Use a small positive eps such as 1e-5.")
 
   def specs(self):
+    """A scalar gain ``gamma`` (a vector would not give a gradient) and a bias ``delta`` (D,)."""
     return {"gamma": ParamSpec((), (), constant(1.0)), "delta": ParamSpec((self.dim,), ("embed",), constant(0.0))}
 
   def __call__(self, params, x):
@@ -50,6 +51,7 @@ class RMSLagrangian:
     check_range("eps", self.eps, 0.0, low_open=True, fix="Use a small positive eps such as 1e-6.")
 
   def specs(self):
+    """A scalar gain ``gamma``."""
     return {"gamma": ParamSpec((), (), constant(1.0))}
 
   def __call__(self, params, x):

@@ -9,6 +9,15 @@ Every local energy has the signature ``local(scores, q, k) -> E`` with
 
 A local energy that depends on the tokens only through ``scores`` (plus terms in ``q`` alone) has a *relaxed*
 form: the attention weights ``-∂F/∂s`` with independent value and output projections.
+
+Every local energy is used the same way, as a value: ``Interaction(..., local=energies.elastic)``,
+``local=energies.huber``. Those with parameters (``huber``: δ, ``lp``: p) are their default form and are called
+with their parameters for another: ``local=energies.huber(delta=0.5)``. A user's function of one (query, key) pair
+becomes one with ``energies.pairwise``.
+
+Masks never reach a local energy: it gives an energy for every (query, key) pair, and the aggregator (``Helmholtz``,
+``PlainSum``, ...) leaves out the pairs the mask hides, so a local energy — the library's or a user's — needs no
+mask handling.
 """
 from __future__ import annotations
 
@@ -42,19 +51,21 @@ def quadratic(scores, q, k):
   return -0.5 * scores * scores
 
 
-@dataclasses.dataclass(frozen=True)
 class Pairwise:
-  """A local energy ``E_hnm = fn(q_hn, k_hm)`` from a function of one (query, key) pair of vectors (``pairwise``).
+  """A local energy ``E_hnm = pair(q_hn, k_hm)`` from a function of one (query, key) pair of vectors.
 
   The Interaction recognises it (``per_pair``) and, for long sequences, evaluates it in small tiles of pairs: its
-  work per pair is a vector, an (H, N, M, Dh) tensor if formed densely.
+  work per pair is a vector, an (H, N, M, Dh) tensor if formed densely. Subclasses define ``pair(q, k)``: ``q`` and
+  ``k`` of shape (Dh,), a scalar result.
   """
 
-  fn: Callable[[jax.Array, jax.Array], jax.Array]
+  def pair(self, q, k):
+    """The energy of one (query, key) pair: ``q``, ``k`` of shape (Dh,) → a scalar."""
+    raise NotImplementedError
 
   def __call__(self, scores, q, k):
     del scores
-    energies = over_pairs(self.fn)(q, k)
+    energies = over_pairs(self.pair)(q, k)
     if energies.shape != q.shape[:-1] + (k.shape[-2],):
       raise ValueError(
           f"a pairwise local energy must return a scalar per (query, key) pair, got shape {energies.shape[3:]} "
@@ -62,9 +73,43 @@ class Pairwise:
     return energies
 
   def with_query_gradients(self, q, k):
-    """``(E, ∇_q E)``: the energies ``E_hnm = fn(q_hn, k_hm)`` (H, N, M) and their gradients in the query
-    ``∂fn(q_hn, k_hm)/∂q_hn`` (H, N, M, Dh), one ``jax.value_and_grad`` of ``fn`` per pair."""
-    return over_pairs(jax.value_and_grad(self.fn))(q, k)
+    """``(E, ∇_q E)``: the energies ``E_hnm = pair(q_hn, k_hm)`` (H, N, M) and their gradients in the query
+    ``∂pair(q_hn, k_hm)/∂q_hn`` (H, N, M, Dh), one ``jax.value_and_grad`` of ``pair`` per pair."""
+    return over_pairs(jax.value_and_grad(self.pair))(q, k)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairFunction(Pairwise):
+  """``E_hnm = fn(q_hn, k_hm)`` for a user's function ``fn(q: (Dh,), k: (Dh,)) -> scalar`` (``pairwise``)."""
+
+  fn: Callable[[jax.Array, jax.Array], jax.Array]
+
+  def pair(self, q, k):
+    """``fn(q, k)``."""
+    return self.fn(q, k)
+
+
+class ParameterisedPairwise(Pairwise):
+  """A built-in pairwise energy with named parameters, usable as is (its defaults) or called to set them.
+
+  ``energies.huber`` *is* the Huber energy with δ = 1: ``Interaction(..., local=energies.huber)``. Called with its
+  parameters, positionally or by name, it returns the same energy with those values: ``energies.huber(0.5)``,
+  ``energies.huber(delta=0.5)``. Called with the three arrays ``(scores, q, k)`` it evaluates the energy, as every
+  local energy does. Instances are frozen dataclasses, equal (and hashed) by their parameters, so two equal
+  energies share compiled programs.
+  """
+
+  def __call__(self, *args, **params):
+    if len(args) == 3 and not params:
+      return super().__call__(*args)
+    names = [field.name for field in dataclasses.fields(self)]
+    if len(args) > len(names):
+      raise TypeError(f"{type(self).__name__} takes the parameters {names} (or the arrays scores, q, k to evaluate "
+                      f"it), got {len(args)} positional arguments.")
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+      raise TypeError(f"{type(self).__name__} has no parameter {unknown[0]!r}; its parameters are {names}.")
+    return dataclasses.replace(self, **dict(zip(names, args)), **params)
 
 
 def over_pairs(pair_fn):
@@ -79,23 +124,47 @@ def pairwise(fn: Callable[[jax.Array, jax.Array], jax.Array]) -> LocalEnergy:
   k_hm)``.
 
   The result depends on the tokens through ``q`` and ``k`` directly, so its only derived layer is the exact (tied)
-  gradient. Long sequences are evaluated tile by tile (``Helmholtz(chunk_size=...)``).
+  gradient. Long sequences are evaluated tile by tile (``Helmholtz(chunk_size=...)``). The mask is not the
+  function's concern: it sees one pair at a time, and the aggregator leaves out the pairs the mask hides.
   """
-  return Pairwise(fn)
+  return PairFunction(fn)
 
 
-def lp(p: float) -> LocalEnergy:
-  """``E_nm = Σ_j |q_nj − k_mj|^p`` (robust l_p energy, p ≥ 1)."""
-  check_range("p", p, 1.0, fix="Use p >= 1 so the energy has a gradient at coincident points.")
-  return pairwise(lambda q, k: jnp.sum(jnp.abs(q - k) ** p))
+@dataclasses.dataclass(frozen=True)
+class Lp(ParameterisedPairwise):
+  """``E_nm = Σ_j |q_nj − k_mj|^p``: the robust l_p energy (p ≥ 1; default p = 1, least absolute deviations).
+
+  ``energies.lp`` is this energy with p = 1; ``energies.lp(1.5)`` sets p. Below p = 2 its second derivative is
+  unbounded where a query and a key coincide in a coordinate.
+  """
+
+  p: float = 1.0
+
+  def __post_init__(self):
+    check_range("p", self.p, 1.0, fix="Use p >= 1 so the energy has a gradient at coincident points.")
+
+  def pair(self, q, k):
+    """``Σ_j |q_j − k_j|^p``."""
+    return jnp.sum(jnp.abs(q - k) ** self.p)
 
 
-def huber(delta: float = 1.0) -> LocalEnergy:
-  """``E_nm = Σ_j huber_δ(q_nj − k_mj)``: quadratic within δ, linear beyond (δ > 0)."""
-  check_range("delta", delta, 0.0, low_open=True, fix="Use a positive Huber threshold.")
+@dataclasses.dataclass(frozen=True)
+class Huber(ParameterisedPairwise):
+  """``E_nm = Σ_j huber_δ(q_nj − k_mj)``, ``huber_δ(r) = ½r²`` for ``|r| ≤ δ`` and ``δ(|r| − ½δ)`` beyond (δ > 0).
 
-  def huber_pair(q, k):
+  ``energies.huber`` is this energy with δ = 1; ``energies.huber(0.5)`` sets δ.
+  """
+
+  delta: float = 1.0
+
+  def __post_init__(self):
+    check_range("delta", self.delta, 0.0, low_open=True, fix="Use a positive Huber threshold.")
+
+  def pair(self, q, k):
+    """``Σ_j huber_δ(q_j − k_j)``."""
     r = jnp.abs(q - k)
-    return jnp.sum(jnp.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta)))
+    return jnp.sum(jnp.where(r <= self.delta, 0.5 * r * r, self.delta * (r - 0.5 * self.delta)))
 
-  return pairwise(huber_pair)
+
+lp = Lp()
+huber = Huber()

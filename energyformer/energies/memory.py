@@ -73,6 +73,7 @@ class Potential:
                        "(each is the derivative of a closed-form potential).")
 
   def specs(self):
+    """The memories ``ξ`` (M, D), the bias (M,) when ``bias``, and the output projection when relaxed."""
     specs = {"memories": _memory_spec(self.dim, self.num_memories)}
     if self.bias:
       specs["bias"] = ParamSpec((self.num_memories,), ("mlp",), constant(0.0))
@@ -117,6 +118,7 @@ class HopfieldLogSumExp:
     check_range("beta", self.beta, 0.0, low_open=True, fix="Use an inverse temperature beta > 0.")
 
   def specs(self):
+    """The memories ``ξ`` (M, D) and the inverse temperature ``beta`` (scalar; trained when ``learnable``)."""
     return {"memories": _memory_spec(self.dim, self.num_memories),
             "beta": ParamSpec((), (), constant(self.beta), self.learnable)}
 

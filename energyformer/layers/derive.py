@@ -134,9 +134,26 @@ _FIELDS = {"tied": tied_gradient, "full": full_gradient, "relaxed": relaxed_grad
 class Layer:
   """A layer is the triple (energy, solver, derivation): one solver step on the energy's gradient field.
 
-  ``params = {"energy": ..., "lagrangian": ...}`` (the second only with a Lagrangian); ``hparams`` are the
-  solver's. ``solver`` may be a ``Solver`` or a registered name (``solvers.names()``: ``"gd"``, ``"momentum"``,
-  ...).
+  ``Layer(energy, solver="gd", mode="tied", lagrangian=None)``, a frozen dataclass (hashable: compiled programs are
+  shared between equal layers). It holds no parameters; ``EnergyLayer`` / ``EnergyStack`` create them.
+
+  * ``energy``: any energy, ``energy(params, x, context, mask) -> scalar`` with ``specs()`` (``energies.base``).
+  * ``solver``: a ``Solver`` or a registered name (``solvers.names()``: ``"gd"``, ``"momentum"``, ...).
+  * ``mode``: the field the solver follows, ``"tied"`` (``∂F(z; c)/∂z`` at ``z = c = x``), ``"full"``
+    (``∇_x F(x; x)``) or ``"relaxed"`` (exact attention weights, free value/output projections; the energy must
+    declare its relaxed form). See the module docstring for the equations.
+  * ``lagrangian``: optional; the field is then taken with respect to the activations ``g = ∇L(x)``.
+
+  Shapes and conventions, for every method: ``x`` is one sequence of token states, shape (N, D) — batch with
+  ``jax.vmap`` or use ``EnergyStack``, which takes (B, N, D) —, floating point (float32 by default, float64 under
+  ``jax_enable_x64``); ``mask`` is ``None`` (every token sees every token) or a boolean (N, N) array,
+  ``mask[n, m]`` True where token n may see token m (e.g. ``energies.masks.causal(N)``); an additive float mask
+  is refused. The layer passes the mask to the energy, whose job it is: ``Interaction`` applies it through its
+  aggregator (so local energies, a user's ``pairwise`` one included, need nothing), memories and potentials have
+  no pairs to mask, and an energy written as a plain function must apply it itself (``energies.base``). ``params = {"energy": ...,
+  "lagrangian": ...}`` (the second only with a Lagrangian), as ``specs()`` declares; ``hparams`` is the solver's
+  dict of arrays (``default_hparams()``). ``step`` returns the new tokens (N, D), same dtype, and the new solver
+  state.
   """
 
   energy: Any
@@ -177,6 +194,7 @@ class Layer:
     return _FIELDS[self.mode](self.energy, params["energy"], self.activations(params, x), mask, context)
 
   def init_state(self, x):
+    """The solver's state for tokens ``x`` (N, D) before the first step (a velocity of zeros, or nothing)."""
     return self.solver.init(x)
 
   def step(self, params, hparams, x, state, mask=None, context=None):

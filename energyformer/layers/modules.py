@@ -83,6 +83,14 @@ def _mesh_batch_axes(batch_axes: tuple[str, ...]) -> tuple[str, ...]:
 class EnergyStack(nnx.Module):
   """``depth`` solver steps of ``layer`` over the tokens, as one ``lax.scan``.
 
+  ``EnergyStack(layer, depth, *, rngs, shared=False, hparams=None, learn_hparams=False, stacked_hparams=False,
+  remat=True, scan_unroll=1, batch_axes=(), dtype=float32)``, a Flax NNX module holding the layer's parameters
+  (``nnx.Param``; ``Fixed`` for untrained ones) and the solver's hyperparameters (``Hyperparameter``; ``nnx.Param``
+  with ``learn_hparams=True``). ``stack(x, mask)`` returns the tokens after ``depth`` steps: ``x`` (N, D) or
+  (B, N, D), in ``dtype``; ``mask`` ``None``, boolean (N, N) shared by the batch or (B, N, N), True where a query
+  may see a key. ``stack.rollout(x, mask, record_energy=True)`` also returns the energy before and after every
+  step, shape (depth,) per sequence ((B, depth) for a batch).
+
   ``shared=False``: one parameter set per step (a stack of layers, parameters with a leading ``"layers"`` axis).
   ``shared=True``: one parameter set used at every step (recurrent depth, e.g. the Energy Transformer).
   ``stacked_hparams=True`` gives each step its own solver hyperparameters (e.g. per-layer step sizes).

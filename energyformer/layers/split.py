@@ -43,12 +43,16 @@ class Split:
     object.__setattr__(self, "parts", tuple(self.parts))
 
   def specs(self):
+    """One parameter declaration per part, in order."""
     return tuple(part.specs() for part in self.parts)
 
   def default_hparams(self):
+    """One hyperparameter dict per part, in order (the parts' solvers' defaults)."""
     return tuple(part.default_hparams() for part in self.parts)
 
   def init_state(self, x):
+    """One solver state per part (each part's solver keeps its own: a momentum stream per energy), or, with
+    ``shared_state``, the one state all parts carry."""
     states = tuple(part.init_state(x) for part in self.parts)
     if not self.shared_state:
       return states

@@ -38,6 +38,7 @@ class Grid(NamedTuple):
     return -(-length // self.size)
 
   def padded(self, length: int) -> int:
+    """``length`` rounded up to a whole number of blocks."""
     return self.count(length) * self.size
 
 

@@ -82,6 +82,7 @@ class LISStudy:
                          steps_per_call=self.steps_per_call, stop_on_non_finite=False)
 
   def model_config(self, variant: str) -> GPTConfig:
+    """The decoder's configuration for this study's data and sizes with attention ``variant``."""
     return GPTConfig(self.data.vocab_size, self.data.context_length, self.dim, self.num_heads, self.head_dim,
                      self.depth, self.mlp_hidden, variant=variant, remat=self.remat, scan_unroll=self.scan_unroll)
 

@@ -40,17 +40,23 @@ class Task(Protocol):
   hyperparameters: tuple[str, ...]
   structural: tuple[str, ...]
 
-  def create_model(self, member: dict, rngs: nnx.Rngs, batch_axes: tuple[str, ...]) -> nnx.Module: ...
+  def create_model(self, member: dict, rngs: nnx.Rngs, batch_axes: tuple[str, ...]) -> nnx.Module:
+    """The member's model, initialised from ``rngs`` (class docstring)."""
 
-  def batches(self, member: dict, batch_size: int, shard_index: int, shard_count: int) -> Iterator[dict]: ...
+  def batches(self, member: dict, batch_size: int, shard_index: int, shard_count: int) -> Iterator[dict]:
+    """This process's share of the member's training batches, endless and resumable (class docstring)."""
 
-  def loss(self, model: nnx.Module, batch: dict, key: jax.Array) -> jax.Array: ...
+  def loss(self, model: nnx.Module, batch: dict, key: jax.Array) -> jax.Array:
+    """The scalar training loss of ``model`` on ``batch``."""
 
-  def evaluation_sets(self, shard_index: int, shard_count: int) -> dict[str, dict]: ...
+  def evaluation_sets(self, shard_index: int, shard_count: int) -> dict[str, dict]:
+    """Name → this process's share of a fixed evaluation set; the first is the validation set."""
 
-  def evaluate(self, model: nnx.Module, batch: dict) -> dict[str, jax.Array]: ...
+  def evaluate(self, model: nnx.Module, batch: dict) -> dict[str, jax.Array]:
+    """``{metric: scalar}``, means over the examples of ``batch``."""
 
-  def identity(self) -> dict: ...
+  def identity(self) -> dict:
+    """What a checkpoint must match to be resumed (a JSON-ready dict)."""
 
 
 def data_seed(member: dict) -> int:

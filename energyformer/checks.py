@@ -59,3 +59,9 @@ def check_mask(mask, num_queries: int, num_keys: int, batch_shape: tuple[int, ..
     raise ValueError(
         f"mask must have shape (N, M) = ({num_queries}, {num_keys}) or {expected}, got {shape}; build it with "
         "energyformer.energies.masks (causal, padding, self_exclusion, from_adjacency).")
+
+
+class UsageError(ValueError):
+  """A setting chosen by the user cannot be used (an unknown name, a value out of range, a run directory that
+  belongs to another run); the message names it and the fix. Commands report it as a usage error (exit status 2,
+  no traceback); any other exception is a fault and keeps its traceback."""

@@ -7,7 +7,9 @@ A study adds a command with the ``command`` decorator, in its own module; ``main
     def run_my_study(args): ...
 
 Bad settings end with the message and exit status 2, a run stopped by a non-finite loss with exit status 1, a
-study stopped by a signal (after saving) with exit status 0; none prints a traceback.
+study stopped by a signal (after saving) with exit status 0; none prints a traceback. A setting is bad when its
+check raises ``energyformer.checks.UsageError`` (or ``FileNotFoundError``), or any ``ValueError`` while a command
+reads its settings inside ``with cli.user_settings():``; every other exception is a fault and shows its traceback.
 
 ``energyformer --plugin my_variants.py lis --variants mine`` first imports the user's module or file (repeatable),
 so the energies, solvers, variants and commands it registers are in the registries the commands read.
@@ -15,6 +17,7 @@ so the energies, solvers, variants and commands it registers are in the registri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -23,6 +26,8 @@ import pathlib
 import pkgutil
 import sys
 from typing import Callable
+
+from energyformer.checks import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +88,18 @@ def load_plugin(plugin: str) -> None:
   importlib.import_module(plugin)
 
 
+@contextlib.contextmanager
+def user_settings():
+  """Within: a ``ValueError`` is a mistake in the command's settings, raised again as a ``UsageError`` (reported as
+  a usage error). Wrap the reading and checking of a command's options in it, not the work itself."""
+  try:
+    yield
+  except UsageError:
+    raise
+  except ValueError as error:
+    raise UsageError(str(error)) from error
+
+
 def _plugins(argv) -> list[str]:
   """The ``--plugin`` values of ``argv``, read before the parser is built (they add to what it offers)."""
   pre = argparse.ArgumentParser(add_help=False)
@@ -128,7 +145,7 @@ def main(argv=None) -> None:
   args = parser().parse_args(argv)
   try:
     args.run(args)
-  except (ValueError, FileNotFoundError) as error:
+  except (UsageError, FileNotFoundError) as error:
     args.parser.error(str(error))
   except NonFiniteLossError as error:
     print(f"energyformer {args.command}: stopped: {error}", file=sys.stderr)

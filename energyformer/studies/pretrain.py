@@ -240,34 +240,50 @@ def plot_losses(curves: dict, path, title: str) -> None:
   plt.close(fig)
 
 
-def run(config: Pretraining, out_dir="runs/pretrain", *, progress: bool = True) -> dict:
-  """Pretrains (resuming from ``out_dir`` when it holds checkpoints of this run), then writes ``val_loss.png``
-  and ``summary.json`` and prints the summary. Returns the summary."""
+def summarize(config: Pretraining, result: trainer.TrainResult, curves: dict) -> dict:
+  """What the run did: its steps (``resumed_from`` the step it started at, ``schedule`` the segments it ran), the
+  first and final losses, its throughput (``None`` where no training call was timed) and the configuration it
+  trained with."""
+  trained = dataclasses.replace(config, trainer=result.config or config.trainer)
+  throughput = trained.tokens_per_step / result.seconds_per_step
+  return {"variant": config.task.model.variant, "steps": result.step, "resumed_from": result.start_step,
+          "schedule": result.schedule, "stopped_by": result.stopped_by,
+          "first_train_loss": curves["train/loss"][0][1], "final_train_loss": curves["train/loss"][-1][1],
+          "final_val_loss": curves["val/loss"][-1][1] if curves["val/loss"] else None,
+          "tokens_per_second": throughput if math.isfinite(throughput) else None, "seconds": result.seconds,
+          "mesh": dict(result.mesh.shape), "config": to_dict(trained)}
+
+
+def run(config: Pretraining, out_dir="runs/pretrain", *, progress: bool = True, extend: bool = False) -> dict:
+  """Pretrains (resuming from ``out_dir`` when it holds checkpoints of this run; ``extend``: to another number of
+  steps, see ``energyformer.train.trainer.resumed_config``), then writes ``val_loss.png`` and ``summary.json`` and
+  prints the summary. Returns the summary. A run already complete trains nothing and returns the summary on disk
+  (rewritten only when missing)."""
   out = pathlib.Path(out_dir)
   lead = jax.process_index() == 0
   model = config.task.model
   if lead:
     print(f"pretraining a {model.variant} decoder ({parameter_count(model) / 1e6:.2f}M parameters) on "
-          f"{config.task.data.corpus!r}: {config.trainer.steps} steps of {config.tokens_per_step} tokens, "
+          f"{config.task.data.corpus!r}: {config.tokens_per_step} tokens a step, "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s), {config.trainer.compute_dtype}")
-  result = train(config, out, progress=progress)
+  result = train(config, out, progress=progress, extend=extend)
   if not lead:
     return {}
+  written = out / "summary.json"
+  if result.start_step == result.step and result.stopped_by is None and written.exists():
+    print(f"nothing to train; the run's summary is {written}")
+    return json.loads(written.read_text())
   curves = read_curves(out / "metrics.jsonl")
   plot_losses(curves, out / "val_loss.png", f"{model.variant} decoder, byte-level, {config.task.data.corpus}")
-  tokens_per_second = config.tokens_per_step / result.seconds_per_step
-  summary = {"variant": model.variant, "steps": result.step, "resumed_from": result.start_step,
-             "stopped_by": result.stopped_by, "first_train_loss": curves["train/loss"][0][1],
-             "final_train_loss": curves["train/loss"][-1][1],
-             "final_val_loss": curves["val/loss"][-1][1] if curves["val/loss"] else None,
-             "tokens_per_second": tokens_per_second, "seconds": result.seconds,
-             "mesh": dict(result.mesh.shape), "config": to_dict(config)}
-  (out / "summary.json").write_text(json.dumps(summary, indent=1))
+  summary = summarize(config, result, curves)
+  written.write_text(json.dumps(summary, indent=1))
   state = f"stopped by {result.stopped_by} at step {result.step}" if result.stopped_by else f"{result.step} steps"
   validation = f"{summary['final_val_loss']:.3f}" if curves["val/loss"] else "not measured yet"
+  speed = ("throughput not measured (too few steps)" if summary["tokens_per_second"] is None
+           else f"{summary['tokens_per_second']:.0f} tokens/s")
   print(f"{state}: training loss {summary['first_train_loss']:.3f} -> {summary['final_train_loss']:.3f}, "
-        f"validation loss {validation}, {tokens_per_second:.0f} tokens/s, "
-        f"{result.seconds:.0f} s; wrote {out / 'val_loss.png'}, {out / 'metrics.jsonl'} and {out / 'summary.json'}")
+        f"validation loss {validation}, {speed}, {result.seconds:.0f} s; wrote {out / 'val_loss.png'}, "
+        f"{out / 'metrics.jsonl'} and {written}")
   return summary
 
 
@@ -287,6 +303,11 @@ def _options(command) -> None:
   command.add_argument("--bf16", action="store_true", default=None, help="compute in bfloat16 (float32 parameters)")
   command.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps")
   command.add_argument("--seed", type=int, help="seed of the initialisation and the data order")
+  command.add_argument("--extend", action="store_true",
+                       help="resume a run in --out with another --steps: its saved optimiser settings are kept, the "
+                            "warmup is unchanged and the cosine decay is recomputed to end at the new last step (the "
+                            "learning rate at the resumed step is printed before and after). Without it, a run is "
+                            "resumed only with the schedule it was trained with")
   command.add_argument("--out", default="runs/pretrain",
                        help="directory for checkpoints, metrics.jsonl, tensorboard/, val_loss.png, summary.json")
   command.add_argument("--distributed", action="store_true",
@@ -304,8 +325,12 @@ def _options(command) -> None:
 def _command(args) -> None:
   if args.distributed:
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-  config = configure(args.config, variant=args.variant, steps=args.steps, batch_size=args.batch_size,
-                     learning_rate=args.learning_rate, mesh=args.mesh, corpus=args.data, data_dir=args.data_dir,
-                     patterns=args.patterns, bf16=args.bf16, checkpoint_every=args.checkpoint_every, seed=args.seed)
-  check_corpus(config.task.data)
-  run(config, args.out)
+  with cli.user_settings():
+    if args.extend and (args.steps is None or args.learning_rate is not None):
+      raise ValueError("--extend continues a run to another number of steps with its saved optimiser settings: give "
+                       "--steps and no --learning-rate.")
+    config = configure(args.config, variant=args.variant, steps=args.steps, batch_size=args.batch_size,
+                       learning_rate=args.learning_rate, mesh=args.mesh, corpus=args.data, data_dir=args.data_dir,
+                       patterns=args.patterns, bf16=args.bf16, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    check_corpus(config.task.data)
+  run(config, args.out, extend=args.extend)

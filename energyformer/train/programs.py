@@ -3,8 +3,8 @@
 Every member's state carries a leading member axis, split over the mesh's ``population`` axis; within a member,
 arrays are laid out by the rules table (``energyformer.train.sharding``). The states are described abstractly first
 (shapes and shardings), then created directly in those shardings under ``jax.jit``: nothing is materialised on one
-device first. Programs are cached per (task, structure, budget, precision, mesh), so chunks of a sweep and a resumed
-run in the same process reuse the compiled executables.
+device first. Programs are cached per (task, structure, precision, mesh), so chunks of a sweep and a resumed run
+in the same process reuse the compiled executables (the number of steps is an argument, not a constant).
 """
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def model_settings(member: dict) -> dict:
 class Programs:
   """Abstract states and shardings of a population, and its jitted programs.
 
-  ``steps(state, opt_state, batches, hparams, seeds, first) → (state, opt_state, metrics)`` runs one training step
-  per leading entry of ``batches`` (steps, members, examples, ...), the first being step ``first`` (0-based);
+  ``steps(state, opt_state, batches, hparams, seeds, first, total_steps) → (state, opt_state, metrics)`` runs one
+  training step per leading entry of ``batches`` (steps, members, examples, ...), the first being step ``first``
+  (0-based), on the learning-rate schedule of a ``total_steps``-step run;
   ``metrics`` holds ``loss``, ``grad_norm``, ``learning_rate`` and ``finite`` (loss, gradient and updated
   parameters all finite) per step and member. ``evaluate(state, batch) → {metric: (members,)}``.
   """
@@ -104,11 +105,11 @@ def _initializer(task, settings: tuple, batch_axes, mesh, shardings):
 def programs(task, structure: tuple, config, mesh) -> Programs:
   """The programs of ``task``'s models of ``structure`` (its structural hyperparameters, sorted items) trained with
   ``config`` (a ``TrainerConfig``) on ``mesh``."""
-  return _programs(task, structure, config.steps, config.compute_dtype, config.mesh.rules, mesh)
+  return _programs(task, structure, config.compute_dtype, config.mesh.rules, mesh)
 
 
 @functools.lru_cache(maxsize=16)
-def _programs(task, structure: tuple, total_steps: int, compute_dtype: str, rules, mesh) -> Programs:
+def _programs(task, structure: tuple, compute_dtype: str, rules, mesh) -> Programs:
   batch_axes = tuple(dict(rules).get("batch", ()))
   settings = dict(structure)
   # Outside jax.set_mesh: NNX would otherwise read the logical axis names as mesh axes.
@@ -118,7 +119,7 @@ def _programs(task, structure: tuple, total_steps: int, compute_dtype: str, rule
   state_shardings = population_shardings(state_shapes, mesh, rules)
   opt_shardings = population_shardings(opt_shapes, mesh, rules)
   dtype = COMPUTE_DTYPES[compute_dtype]
-  steps = _steps_program(task, graphdef, total_steps, dtype, state_shardings, opt_shardings)
+  steps = _steps_program(task, graphdef, dtype, state_shardings, opt_shardings)
   evaluate = _evaluation_program(task, graphdef, dtype, mesh, rules)
   return Programs(task, graphdef, state_shapes, opt_shapes, state_shardings, opt_shardings, batch_axes, mesh, steps,
                   evaluate)
@@ -128,9 +129,9 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _steps_program(task, graphdef, total_steps: int, dtype, state_shardings, opt_shardings):
+def _steps_program(task, graphdef, dtype, state_shardings, opt_shardings):
 
-  def member_step(state, opt_state, batch, hparams, seed, index):
+  def member_step(state, opt_state, batch, hparams, seed, index, total_steps):
     params, fixed = nnx.split_state(state, nnx.Param, ...)
     key = jax.random.fold_in(jax.random.key(seed), index)
 
@@ -147,12 +148,12 @@ def _steps_program(task, graphdef, total_steps: int, dtype, state_shardings, opt
                "finite": finite}
     return nnx.merge_state(params, fixed), opt_state, metrics
 
-  population_step = jax.vmap(member_step, in_axes=(0, 0, 0, 0, 0, None), spmd_axis_name="population")
+  population_step = jax.vmap(member_step, in_axes=(0, 0, 0, 0, 0, None, None), spmd_axis_name="population")
 
-  def steps(state, opt_state, batches, hparams, seeds, first):
+  def steps(state, opt_state, batches, hparams, seeds, first, total_steps):
     def body(carry, inputs):
       batch, index = inputs
-      state, opt_state, metrics = population_step(*carry, batch, hparams, seeds, index)
+      state, opt_state, metrics = population_step(*carry, batch, hparams, seeds, index, total_steps)
       return (state, opt_state), metrics
 
     indices = first + jnp.arange(len(next(iter(batches.values()))))

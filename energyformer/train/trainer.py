@@ -8,6 +8,11 @@ optimiser states, every member's data position and the history of losses and eva
 takes the same steps on the same batches as one that was never interrupted (bitwise on CPU). SIGTERM or SIGINT
 saves a checkpoint at the current step and returns. A NaN or infinite loss, gradient or parameter raises
 ``NonFiniteLossError`` before anything is saved, leaving the last good checkpoint in place.
+
+Resuming is explicit about the schedule: a checkpoint is resumed only with the schedule it was trained with (the
+number of steps and the optimiser settings), else refused with the fix (``UsageError``); ``extend=True`` continues
+it to another number of steps (``resumed_config``). A resumed run prints "resuming from step N", a finished one
+"already complete (N steps)" and trains nothing.
 """
 from __future__ import annotations
 
@@ -22,12 +27,13 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from energyformer.checks import UsageError
 from energyformer.metrics import MetricsWriter
 from energyformer.train.checkpoint import Checkpointer
-from energyformer.train.config import TrainerConfig, check_warmup, to_dict
+from energyformer.train.config import TrainerConfig, check_warmup, from_dict, to_dict
 from energyformer.train.interrupt import StopRequest
 from energyformer.train.mesh import make_mesh
-from energyformer.train.optim import HYPERPARAMETERS, check_hyperparameters, hyperparameters
+from energyformer.train.optim import HYPERPARAMETERS, check_hyperparameters, hyperparameters, learning_rate
 from energyformer.train.programs import evaluation_sharding, programs
 from energyformer.train.sharding import batch_sharding, batch_shards
 from energyformer.train.task import SEEDS, PopulationBatches
@@ -49,8 +55,10 @@ class TrainResult:
   ``history["loss"]`` holds every step's training loss per member (steps before ``start_step`` restored from the
   checkpoint), ``history["evaluations"]`` the ``[step, {set: {metric: [per member]}}]`` of every evaluation.
   ``seconds_per_step`` is the median time of a training call per step, compilations, evaluations and checkpoints
-  excluded. ``stopped_by`` names the signal that stopped the run early, if any. ``state`` and ``opt_state`` are the
-  final sharded states (a leading member axis, padding members included).
+  excluded (NaN when no call was timed). ``stopped_by`` names the signal that stopped the run early, if any.
+  ``state`` and ``opt_state`` are the final sharded states (a leading member axis, padding members included).
+  ``config`` is the configuration the run trained with (the saved schedule's when it was resumed), ``schedule``
+  the ``{"from_step": s, "steps": T}`` segments it ran (more than one when it was extended).
   """
 
   members: list
@@ -64,6 +72,8 @@ class TrainResult:
   opt_state: object
   mesh: object
   graphdef: object
+  config: TrainerConfig = None
+  schedule: list = dataclasses.field(default_factory=list)
 
   @property
   def losses(self) -> list:
@@ -139,10 +149,55 @@ def _resume_check(identity: dict, directory):
     saved = run.get("identity", {})
     different = [name for name in expected if saved.get(name) != expected[name]]
     if different:
-      raise ValueError(f"the checkpoints in {directory} belong to a run with different {', '.join(different)} "
+      raise UsageError(f"the checkpoints in {directory} belong to a run with different {', '.join(different)} "
                        f"(saved {saved.get(different[0])!r}); resume with the same settings, or train into a new "
                        "output directory.")
   return check
+
+
+def _schedule(config: TrainerConfig) -> dict:
+  return {"steps": config.steps, **_json(to_dict(config.optimizer))}
+
+
+def resumed_config(config: TrainerConfig, saved: dict, done: int, directory, extend: bool = False) -> TrainerConfig:
+  """The configuration a run resumed from the checkpoint ``saved`` (the run saved after ``done`` steps) trains
+  with; raises a ``UsageError`` with the fix where it cannot.
+
+  The schedule, ``steps`` and every optimiser setting (peak learning rate, warmup, final fraction, weight decay,
+  moments, ε, clipping), must be the saved one. ``extend=True`` instead keeps the saved optimiser settings and
+  trains to ``config.steps`` (more than ``done``): the warmup is unchanged and the cosine decay is recomputed to end
+  at the new last step, so from step ``done + 1`` on the learning rate is the new length's schedule (a jump from the
+  saved schedule's value at that step, which ``train`` prints).
+  """
+  saved_config = from_dict(TrainerConfig, saved["config"])
+  if extend:
+    if config.steps <= done:
+      raise UsageError(f"the run in {directory} has already trained {done} steps; extending it needs more steps than "
+                       f"that (e.g. --steps {2 * done}).")
+    return dataclasses.replace(config, optimizer=saved_config.optimizer)
+  asked, kept = _schedule(config), _schedule(saved_config)
+  different = [name for name in kept if asked[name] != kept[name]]
+  if not different:
+    return config
+  shown = ["steps"] + [name for name in different if name != "steps"]
+  listing = lambda values: ", ".join(f"{name}={values[name]:g}" for name in shown)
+  complete = ", already complete" if done == saved_config.steps else ""
+  extension = (f"extend it to {config.steps} steps (pretrain --extend, or extend=True: the saved optimiser settings "
+               "are kept and the cosine decay is recomputed to end at the new last step), "
+               if different == ["steps"] and config.steps > done else "")
+  raise UsageError(f"the run in {directory} was trained with {listing(kept)} ({done} steps done{complete}); this run "
+                   f"asks for {listing(asked)}. Resume with the saved settings, {extension}or train into a new output "
+                   "directory.")
+
+
+def _newest_saved_run(checkpointer) -> tuple[int, dict] | None:
+  """``(step, run)`` of the newest checkpoint whose run can be read (damaged ones are set aside at restore)."""
+  for step in reversed(checkpointer.steps()):
+    try:
+      return step, checkpointer.saved_run(step)
+    except Exception:  # orbax and tensorstore raise many kinds of errors for damaged files
+      continue
+  return None
 
 
 def _json(value):
@@ -238,6 +293,7 @@ class _Run:
   identity: dict
   history: dict
   named: bool
+  schedule: list
   state: object = None
   opt_state: object = None
 
@@ -293,7 +349,8 @@ class _Run:
     state, opt_state = self.state, self.opt_state
     if count < len(self.iterators.iterators):
       state, opt_state = jax.tree.map(lambda x: np.asarray(x[:count]), (state, opt_state))
-    run = {"identity": self.identity, "config": to_dict(self.config), "history": self.history}
+    run = {"identity": self.identity, "config": to_dict(self.config), "history": self.history,
+           "schedule": self.schedule}
     self.checkpointer.save(step, state, opt_state, self.iterators, _json(run))
 
   def _log(self, step: int, values: dict) -> None:
@@ -337,12 +394,19 @@ def _restore(checkpointer, compiled, run: _Run, population_size: int, check):
     state, opt_state = jax.device_put(jax.tree.map(pad, (state, opt_state)),
                                       (compiled.state_shardings, compiled.opt_shardings))
   run.state, run.opt_state, run.history = state, opt_state, saved["history"]
+  run.schedule = saved.get("schedule", [{"from_step": 0, "steps": saved["config"]["steps"]}])
+  if run.schedule[-1]["steps"] != run.config.steps:
+    run.schedule = run.schedule + [{"from_step": step, "steps": run.config.steps}]
   return step
 
 
 def train(task, config: TrainerConfig, out_dir=None, *, members=({},), progress=True, on_step=None, devices=None,
-          writer=None, metrics: bool = True, member_names: bool | None = None) -> TrainResult:
+          writer=None, metrics: bool = True, member_names: bool | None = None, extend: bool = False) -> TrainResult:
   """Trains ``members`` of ``task`` together for ``config.steps`` steps, resuming from ``out_dir/checkpoints``.
+
+  A checkpoint of another run, or of this run with another schedule, is refused (``UsageError``) unless
+  ``extend`` (``resumed_config``); a resumed run prints "resuming from step N", and one already at its last step
+  prints "already complete (N steps)" and returns at once (``start_step == step``, nothing trained or written).
 
   ``members`` share their structural hyperparameters (``energyformer.train.population`` groups others). Metrics go
   to ``writer`` (default: with ``metrics``, a ``MetricsWriter`` on ``out_dir``, process 0 only): ``train/loss``,
@@ -359,10 +423,19 @@ def train(task, config: TrainerConfig, out_dir=None, *, members=({},), progress=
   check_members(task, members, config)
   mesh = make_mesh(config.mesh, devices)
   check_batch(config, mesh)
-  population = padded(members, mesh.shape["population"])
-  compiled = programs(task, structure_of(members[0], task.structural), config, mesh)
   out = None if out_dir is None else pathlib.Path(out_dir)
   lead = jax.process_index() == 0
+  saving = out is not None and config.checkpoint.every is not None
+  checkpointer = Checkpointer(out / "checkpoints", config.checkpoint) if saving else None
+  identity = _identity(task, members, config)
+  newest = None if checkpointer is None else _newest_saved_run(checkpointer)
+  if newest is not None:
+    _resume_check(identity, checkpointer.directory)(newest[1])
+    config = resumed_config(config, newest[1], newest[0], checkpointer.directory, extend)
+    if lead and config.steps != newest[1]["config"]["steps"]:
+      _announce_extension(config, newest, members)
+  population = padded(members, mesh.shape["population"])
+  compiled = programs(task, structure_of(members[0], task.structural), config, mesh)
   own_writer = writer is None and metrics and out is not None and lead
   own_bar = progress is True and lead
   bar = tqdm(total=config.steps, unit="step") if own_bar else (progress or None)
@@ -370,14 +443,11 @@ def train(task, config: TrainerConfig, out_dir=None, *, members=({},), progress=
   iterators = PopulationBatches([task.batches(m, config.batch_size // shard_count, shard_index, shard_count)
                                  for m in population], len(members))
   eval_sets = task.evaluation_sets(shard_index, shard_count)
-  saving = out is not None and config.checkpoint.every is not None
-  checkpointer = Checkpointer(out / "checkpoints", config.checkpoint) if saving else None
   if own_writer:
     writer = MetricsWriter(out)
-  identity = _identity(task, members, config)
   named = len(members) > 1 if member_names is None else member_names
   run = _Run(task, config, members, compiled, iterators, eval_sets, checkpointer, writer, bar, on_step, identity,
-             {"loss": [], "evaluations": []}, named)
+             {"loss": [], "evaluations": []}, named, [{"from_step": 0, "steps": config.steps}])
   try:
     start = None if checkpointer is None else _restore(checkpointer, compiled, run, len(population),
                                                        _resume_check(identity, checkpointer.directory))
@@ -385,8 +455,12 @@ def train(task, config: TrainerConfig, out_dir=None, *, members=({},), progress=
       start = 0
       # Outside jax.set_mesh: NNX would otherwise read the models' logical axis names as mesh axes.
       run.state, run.opt_state = compiled.init(population)
-    elif own_bar:
-      bar.update(start)
+    else:
+      if lead:
+        _say(bar, f"already complete ({start} steps) in {checkpointer.directory}" if start >= config.steps
+             else f"resuming from step {start} of {config.steps} ({checkpointer.directory})")
+      if own_bar:
+        bar.update(start)
     with jax.set_mesh(mesh), StopRequest() as stop:
       result = _loop(run, population, start, stop)
   finally:
@@ -398,7 +472,22 @@ def train(task, config: TrainerConfig, out_dir=None, *, members=({},), progress=
       bar.close()
   step, seconds_per_step, stopped_by = result
   return TrainResult(members, start, step, run.history, seconds_per_step, time.perf_counter() - began, stopped_by,
-                     run.state, run.opt_state, mesh, compiled.graphdef)
+                     run.state, run.opt_state, mesh, compiled.graphdef, config, run.schedule)
+
+
+def _say(bar, message: str) -> None:
+  """Prints ``message`` (above the progress bar when there is one)."""
+  (tqdm.write if bar is not None else print)(message)
+
+
+def _announce_extension(config: TrainerConfig, newest: tuple[int, dict], members) -> None:
+  """Prints how extending the saved run changes its learning rate at the next step (first member)."""
+  done, saved_steps = newest[0], newest[1]["config"]["steps"]
+  rates = hyperparameters(config.optimizer, members[:1])
+  before = float(learning_rate(done, rates, saved_steps)[0])
+  after = float(learning_rate(done, rates, config.steps)[0])
+  print(f"extending the run from {saved_steps} to {config.steps} steps with its saved optimiser settings: the "
+        f"cosine decay now ends at step {config.steps}; learning rate at step {done + 1}: {before:.4g} -> {after:.4g}")
 
 
 def _loop(run: _Run, population: list[dict], start: int, stop: StopRequest):
@@ -422,7 +511,7 @@ def _loop(run: _Run, population: list[dict], start: int, stop: StopRequest):
     length = call_length(done, config, checkpointing)
     batches = _global(run.iterators.take(length), sharding, (length, len(population)))
     run.state, run.opt_state, metrics = timer.dispatch(length, lambda: compiled.steps(
-        run.state, run.opt_state, batches, hparams, seeds, done))
+        run.state, run.opt_state, batches, hparams, seeds, done, config.steps))
     if pending is not None:
       complete(*pending)
     pending, done = (done, metrics, length), done + length

@@ -119,8 +119,8 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkp
   def diverging(*args):
     compiled = real_programs(*args)
 
-    def steps(state, opt_state, batches, hparams, seeds, first):
-      state, opt_state, metrics = compiled.steps(state, opt_state, batches, hparams, seeds, first)
+    def steps(state, opt_state, batches, hparams, seeds, first, total_steps):
+      state, opt_state, metrics = compiled.steps(state, opt_state, batches, hparams, seeds, first, total_steps)
       bad = (first + np.arange(len(metrics["loss"])) + 1 >= 5)[:, None]
       return state, opt_state, {**metrics, "loss": np.where(bad, np.nan, metrics["loss"]),
                                 "finite": ~bad & np.asarray(metrics["finite"])}
@@ -265,3 +265,56 @@ def test_a_diverging_command_ends_with_the_message_and_exit_status_1(straight, t
   for step in checkpointer.steps():
     restored = checkpointer.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["state"])), step
+
+
+def _checkpoints_of(straight, tmp_path):
+  config, out, reference = straight
+  shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+  return config, reference
+
+
+def test_a_finished_run_is_reported_complete_and_other_schedules_are_refused(straight, tmp_path, capsys,
+                                                                            monkeypatch):
+  """Rerun as it was: "already complete", nothing trained, the summary on disk kept. Another number of steps
+  (fewer or more) or another optimiser setting: refused from the command line with the saved and asked values and
+  the fix (exit status 2), before anything is written."""
+  config, reference = _checkpoints_of(straight, tmp_path)
+  (tmp_path / "summary.json").write_text(json.dumps({"steps": 8}))
+  summary = pretrain.run(config, tmp_path, progress=False)
+  assert summary == {"steps": 8} and json.loads((tmp_path / "summary.json").read_text()) == {"steps": 8}
+  assert "already complete (8 steps)" in capsys.readouterr().out
+  monkeypatch.setattr(pretrain, "presets", lambda: {"tiny": config})
+  for options, asked in ((["--steps", "4"], "steps=4"), (["--steps", "16"], "steps=16"),
+                         (["--learning-rate", "0.5"], "learning_rate=0.5")):
+    with pytest.raises(SystemExit) as exit_info:
+      cli.main(["pretrain", *options, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert "error: the run in" in err and "steps=8" in err and asked in err, err
+    assert ("pretrain --extend" in err) == (asked == "steps=16")
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["6", "8"]
+
+
+def test_extend_continues_with_the_saved_optimiser_settings_and_a_recomputed_decay(straight, tmp_path, capsys):
+  """``extend=True`` from step 8 to 10: the first 8 losses are the saved ones, the learning rate of step 9 is the
+  closed-form warmup-cosine value of a 10-step run with the saved peak, warmup and final fraction (not the one
+  asked), and summary.json records both segments and a finite or absent throughput."""
+  config, reference = _checkpoints_of(straight, tmp_path)
+  asked = dataclasses.replace(config, trainer=dataclasses.replace(
+      config.trainer, steps=10, optimizer=dataclasses.replace(config.trainer.optimizer, warmup_steps=1)))
+  summary = pretrain.run(asked, tmp_path, progress=False, extend=True)
+  out = capsys.readouterr().out
+  assert "resuming from step 8 of 10" in out and "extending the run from 8 to 10 steps" in out
+  assert summary["steps"] == 10 and summary["resumed_from"] == 8
+  assert summary["schedule"] == [{"from_step": 0, "steps": 8}, {"from_step": 8, "steps": 10}]
+  assert summary["config"]["trainer"]["optimizer"]["warmup_steps"] == 2
+  assert summary["tokens_per_second"] is None or np.isfinite(summary["tokens_per_second"])
+  saved = config.trainer.optimizer
+  peak, final = saved.learning_rate, saved.final_fraction * saved.learning_rate
+  expected = final + (peak - final) * 0.5 * (1 + np.cos(np.pi * (8 - 2) / (10 - 2)))
+  logged = {r["step"]: r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())}
+  np.testing.assert_allclose(logged[9]["train/learning_rate"], expected, rtol=1e-6)
+  history = json.loads((tmp_path / "summary.json").read_text())
+  assert history["steps"] == 10
+  with pytest.raises(ValueError, match="already trained 10 steps; extending it needs more steps"):
+    pretrain.train(asked, tmp_path, progress=False, extend=True)

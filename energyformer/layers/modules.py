@@ -3,7 +3,9 @@
 Every parameter is an ``nnx.Param`` carrying logical axis names (``out_sharding`` metadata, e.g.
 ``("layers", "embed", "heads", "head_dim")``) for a rules table to map onto a mesh. Parameters an energy declares
 untrained are ``Fixed`` variables; solver hyperparameters are ``Hyperparameter`` variables (or ``nnx.Param`` when
-learned), so a training step can differentiate, freeze or vmap each group by type.
+learned), so a training step can differentiate, freeze or vmap each group by type. A learned hyperparameter's
+``nnx.Param`` holds the unconstrained raw value the optimiser updates; the layer uses ``HparamSpec.constrain`` of it
+(``EnergyStack.solver_hparams``), which stays in the hyperparameter's interval.
 """
 from __future__ import annotations
 
@@ -65,6 +67,13 @@ def model_dim(layer) -> int | None:
   return None
 
 
+def _map_hparams(layer, hparams, method: str):
+  """Each hyperparameter mapped by its ``HparamSpec``'s ``method`` (``"constrain"`` or ``"unconstrain"``)."""
+  def mapped(part, values):
+    return {name: getattr(part.solver.hyperparameters[name], method)(value) for name, value in values.items()}
+  return tuple(map(mapped, layer.parts, hparams)) if isinstance(layer, Split) else mapped(layer, hparams)
+
+
 def _check_hparam_tree(layer, hparams, depth: int, stacked: bool):
   pairs = zip(_parts(layer), hparams) if isinstance(layer, Split) else [(layer, hparams)]
   for part, h in pairs:
@@ -94,6 +103,8 @@ class EnergyStack(nnx.Module):
   ``shared=False``: one parameter set per step (a stack of layers, parameters with a leading ``"layers"`` axis).
   ``shared=True``: one parameter set used at every step (recurrent depth, e.g. the Energy Transformer).
   ``stacked_hparams=True`` gives each step its own solver hyperparameters (e.g. per-layer step sizes).
+  ``learn_hparams=True`` trains them: each is an ``nnx.Param`` holding the raw value its ``HparamSpec.unconstrain``
+  gives, mapped back into its interval by ``constrain`` (``solver_hparams``) at every use.
   ``remat`` and ``scan_unroll`` are passed to ``unroll``. ``batch_axes``: the mesh axes a batch of sequences is
   split over in sharded training; under ``jax.set_mesh`` with those axes the token states keep that layout
   through the depth loop (``unroll``'s ``pin_tokens``).
@@ -119,7 +130,15 @@ class EnergyStack(nnx.Module):
       if stacked_hparams:
         hparams = jax.tree.map(lambda v: jnp.broadcast_to(v, (depth,) + jnp.shape(v)), hparams)
     _check_hparam_tree(layer, hparams, depth, stacked_hparams)
-    self.hparams = nnx.data(_wrap_hparams(hparams, learn_hparams, ("layers",) if stacked_hparams else ()))
+    self.learn_hparams = learn_hparams
+    stored = _map_hparams(layer, hparams, "unconstrain") if learn_hparams else hparams
+    self.hparams = nnx.data(_wrap_hparams(stored, learn_hparams, ("layers",) if stacked_hparams else ()))
+
+  def solver_hparams(self):
+    """The solver's hyperparameters as the steps use them: the ``Hyperparameter`` values, or, when learned, the
+    trained raw ``nnx.Param`` values mapped into their intervals (``HparamSpec.constrain``)."""
+    values = unwrap(self.hparams)
+    return _map_hparams(self.layer, values, "constrain") if self.learn_hparams else values
 
   def rollout(self, x, mask=None, state=None, *, record_energy: bool = False, num_steps: int | None = None) -> Rollout:
     """Runs the depth scan on ``x`` of shape (N, D) or (B, N, D); ``mask`` is (N, N) or (B, N, N).
@@ -131,7 +150,7 @@ class EnergyStack(nnx.Module):
     batch_shape = tuple(jnp.shape(x)[:-2])
     check_mask(mask, x.shape[-2], x.shape[-2], batch_shape)
     masks.check_boolean(mask)
-    run = functools.partial(unroll, self.layer, unwrap(self.params), unwrap(self.hparams),
+    run = functools.partial(unroll, self.layer, unwrap(self.params), self.solver_hparams(),
                             num_steps=self._num_steps(num_steps),
                             stacked_params=not self.shared, stacked_hparams=self.stacked_hparams,
                             record_energy=record_energy, remat=self.remat, scan_unroll=self.scan_unroll)

@@ -6,7 +6,9 @@ Python float baked into a trace. A solver may call ``grad_fn`` at a look-ahead p
 (Hessian-vector products ``jax.jvp(grad_fn, (x,), (v,))``).
 
 Each solver declares its hyperparameters itself: a ``HparamSpec`` per name gives the default, the valid interval
-and whether the value scales the step (halved by a Strang half step). Nothing outside the solver lists them.
+and whether the value scales the step (halved by a Strang half step). Nothing outside the solver lists them. A
+learned hyperparameter is trained as an unconstrained raw value that ``HparamSpec.constrain`` maps into the
+interval, so no optimiser step can leave it.
 """
 from __future__ import annotations
 
@@ -14,10 +16,15 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from energyformer.checks import check_range
 
 GradFn = Callable[[jax.Array], jax.Array]
+
+# How far inside a closed end a learned value on that end starts (relative to the interval's width, or absolute on
+# a half-line): the maps of ``HparamSpec.constrain`` reach an end only in the limit.
+EDGE = 1e-6
 
 
 class HparamSpec(NamedTuple):
@@ -38,6 +45,45 @@ class HparamSpec(NamedTuple):
   def check(self, name: str, value) -> None:
     """Raises a ``ValueError`` naming ``name`` where ``value`` is concrete and outside the interval."""
     check_range(name, value, self.low, self.high, low_open=self.low_open, high_open=self.high_open, fix=self.fix)
+
+  def constrain(self, raw) -> jax.Array:
+    """The value in the interval of the unconstrained ``raw`` (any real, any shape), increasing in ``raw``:
+    ``low + softplus(raw)`` on ``(low, ∞)``, ``high − softplus(−raw)`` on ``(−∞, high)``,
+    ``low + (high − low)·sigmoid(raw)`` on a bounded interval, ``raw`` on the real line. Where rounding would reach
+    an open end (``softplus`` underflowing, ``sigmoid`` saturating), the value is held one representable step
+    inside it."""
+    raw = jnp.asarray(raw)
+    if self.low is None and self.high is None:
+      return raw
+    if self.high is None:
+      value = self.low + jax.nn.softplus(raw)
+    elif self.low is None:
+      value = self.high - jax.nn.softplus(-raw)
+    else:
+      value = self.low + (self.high - self.low) * jax.nn.sigmoid(raw)
+    return jnp.clip(value, *self._representable(value.dtype))
+
+  def unconstrain(self, value) -> jax.Array:
+    """The raw value ``constrain`` maps to ``value`` (its inverse): ``log(expm1(value − low))``,
+    ``−log(expm1(high − value))``, ``logit((value − low)/(high − low))`` or ``value``. A value on a closed end
+    (reached by the map only in the limit) starts ``EDGE`` inside it (times the width of a bounded interval)."""
+    value = jnp.asarray(value, jnp.result_type(value, jnp.float32))
+    if self.low is None and self.high is None:
+      return value
+    if self.low is not None and self.high is not None:
+      fraction = jnp.clip((value - self.low) / (self.high - self.low), EDGE, 1.0 - EDGE)
+      return jnp.log(fraction) - jnp.log1p(-fraction)
+    gap = jnp.maximum(value - self.low if self.high is None else self.high - value, EDGE)
+    inverse_softplus = gap + jnp.log(-jnp.expm1(-gap))          # log(expm1(gap)) without overflow
+    return inverse_softplus if self.high is None else -inverse_softplus
+
+  def _representable(self, dtype) -> tuple:
+    """The interval's ends in ``dtype``, an open end moved one step inside (``None`` where unbounded)."""
+    info = np.finfo(dtype)
+    step = lambda end: max(abs(end) * float(info.eps), float(info.tiny))
+    low = None if self.low is None else self.low + (step(self.low) if self.low_open else 0.0)
+    high = None if self.high is None else self.high - (step(self.high) if self.high_open else 0.0)
+    return low, high
 
 
 def step_size(default: float, name: str = "step size") -> HparamSpec:

@@ -23,7 +23,7 @@ def _reference(model, x, mask, look_ahead: bool, strang: bool):
   """The update equations, one layer and sub-step at a time in numpy: ``v ← LN(β v − γ G(x + μ v))``,
   ``x ← x + v`` with the sub-layer fields ``G`` and the layer's own scalars."""
   attention, mlp = model.blocks.layer.parts
-  params, hparams = unwrap(model.blocks.params), unwrap(model.blocks.hparams)
+  params, hparams = unwrap(model.blocks.params), model.blocks.solver_hparams()
   gradients = [jax.jit(lambda theta, z, part=part: part.gradient(theta, z, mask)) for part in (attention, mlp)]
   x, v = np.asarray(x, np.float64), np.zeros(x.shape)
   for l in range(TINY["depth"]):

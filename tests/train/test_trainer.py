@@ -239,12 +239,12 @@ def test_a_sweep_member_equals_the_pretrain_run_with_its_hyperparameters(straigh
 
 @pytest.mark.slow
 def test_tiny_pretrain_command_end_to_end_and_resumed_longer(corpus, tmp_path):
-  """The command as a user runs it (the tiny preset), then the same command asked for more steps continues."""
+  """The command as a user runs it (the tiny preset), then the same command extended to more steps continues."""
   command = [sys.executable, str(TESTS.parent / "experiments" / "pretrain.py"), "--config", "tiny", "--data",
              str(corpus[0]), "--data-dir", str(corpus[1]), "--out", str(tmp_path), "--checkpoint-every", "20"]
   subprocess.run([*command, "--steps", "40"], check=True, capture_output=True)
   first = json.loads((tmp_path / "summary.json").read_text())
-  subprocess.run([*command, "--steps", "60"], check=True, capture_output=True)
+  subprocess.run([*command, "--steps", "60", "--extend"], check=True, capture_output=True)
   second = json.loads((tmp_path / "summary.json").read_text())
   assert (first["steps"], second["resumed_from"], second["steps"]) == (40, 40, 60)
   assert second["final_val_loss"] < first["first_train_loss"]

@@ -91,3 +91,41 @@ def test_a_plugin_module_that_does_not_exist_is_a_usage_error(capsys):
     cli.main(["--plugin", "no_such_plugin_module_here", "demo"])
   assert stop.value.code == 2
   assert "no module of that name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lis", "--seeds", "0", "--steps", "0"], "--seeds must be at least 1, got 0"),
+    (["lis", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["lis", "--variants", "foo"], "unknown attention variant(s) ['foo']"),
+    (["pretrain", "--variant", "foo"], "unknown attention variant(s) ['foo']"),
+    (["pretrain", "--extend"], "--extend continues a run"),
+    (["et-graphs", "--steps", "0"], "--steps must be a positive integer"),
+    (["et-images", "--preset", "huge"], "unknown preset 'huge'"),
+])
+def test_mistakes_on_every_command_are_usage_errors(argv, message, tmp_path, capsys):
+  """The same for every command: ``error: <message>``, exit status 2, no traceback, nothing written (the sweep's
+  own cases: tests/studies/test_sweep_command.py)."""
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main([*argv, "--out", str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and f"error: {message}" in err and "Traceback" not in err, err
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_fault_keeps_its_traceback_and_a_bad_setting_does_not(monkeypatch, capsys):
+  """A ``ValueError`` while a command reads its settings (inside ``cli.user_settings``) is a usage error; the same
+  error raised by the work itself is a fault and propagates with its traceback."""
+
+  def run(args):
+    with cli.user_settings():
+      if args.size < 0:
+        raise ValueError("size must be non-negative")
+    raise ValueError("a fault in the work")
+
+  monkeypatch.setitem(cli._COMMANDS, "toy-study", cli.Command(
+      "toy-study", "a toy", None, lambda parser: parser.add_argument("--size", type=int), run))
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["toy-study", "--size", "-1"])
+  assert exit_info.value.code == 2 and "error: size must be non-negative" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="a fault in the work"):
+    cli.main(["toy-study", "--size", "1"])

@@ -44,6 +44,21 @@ def check_variants(variants) -> None:
     raise ValueError(f"unknown attention variant(s) {unknown}; choose from {variant_names()}.")
 
 
+def check_settings(settings: dict, variant: str) -> None:
+  """Raises, naming the fix, unless every solver hyperparameter in ``settings`` is one the solver of the member's
+  variant (``settings["variant"]``, else ``variant``) declares, with a value in its interval."""
+  name = settings.get("variant", variant)
+  check_variants([name])
+  declared = variants.get(name).solver.hyperparameters
+  for key, value in settings.items():
+    if key in solver_hyperparameters() and key not in declared:
+      raise ValueError(f"the variant {name!r} has no hyperparameter {key!r}: its solver "
+                       f"{variants.get(name).solver.name!r} has {', '.join(sorted(declared))}; sweep one of those or "
+                       "choose a variant whose solver has it.")
+    if key in declared:
+      declared[key].check(key, value)
+
+
 def decoder_config(base: GPTConfig, settings: dict) -> GPTConfig:
   """``base`` with a member's decoder ``settings`` (see ``hyperparameters``): the solver's go to ``hparams``."""
   solver = set(solver_hyperparameters())

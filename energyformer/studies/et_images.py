@@ -349,4 +349,6 @@ def _options(command) -> None:
 @cli.command("et-images", help="Energy Transformer masked image completion vs a mean-patch baseline and a standard "
                                "Transformer (digits on the CPU by default)", options=_options)
 def _command(args) -> None:
-  run(study_from_args(args), args.out)
+  with cli.user_settings():
+    study = study_from_args(args)
+  run(study, args.out)

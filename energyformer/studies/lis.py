@@ -292,6 +292,7 @@ def _options(command) -> None:
 
 @cli.command("lis", help="train every attention variant on the LIS task over several seeds", options=_options)
 def _command(args) -> None:
-  study = study_from_args(args)
+  with cli.user_settings():
+    study = study_from_args(args)
   split_cpu(args.devices)
   run(study, args.out, devices=args.devices)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from energyformer import cli
 from energyformer.metrics import MetricsWriter
-from energyformer.studies import lis
+from energyformer.studies import decoder, lis
 from energyformer.train import population, sweep_report
 from energyformer.train.checkpoint import CheckpointConfig
 from energyformer.train.task import SEEDS
@@ -64,6 +64,8 @@ def _assignments(items, option: str) -> dict[str, str]:
     name, _, values = item.partition("=")
     if not name or not values:
       raise ValueError(f"{option} expects NAME=VALUES (e.g. {option} learning_rate=1e-3,3e-3), got {item!r}.")
+    if name in parsed:
+      raise ValueError(f"{option} {name}=... is given twice; list every value of an axis in one {option}.")
     parsed[name] = values
   return parsed
 
@@ -71,7 +73,12 @@ def _assignments(items, option: str) -> dict[str, str]:
 def members_from_args(args) -> list[dict]:
   """The grid (``--grid``) or random search (``--random``/``--range``), crossed with the variants and, unless the
   members set their own seeds, with ``--seeds`` seeds."""
-  if args.random:
+  if args.random is not None and (args.grid or not args.range):
+    raise ValueError("--random N draws N members from --range options: give at least one --range NAME=LOW:HIGH[:log] "
+                     "(e.g. --range learning_rate=1e-4:1e-2:log) and no --grid.")
+  if args.range and args.random is None:
+    raise ValueError("--range needs --random N, the number of members to draw from the ranges.")
+  if args.random is not None:
     ranges = {name: tuple(_value(v) for v in spec.split(":"))
               for name, spec in _assignments(args.range, "--range").items()}
     members = population.random_search(args.random, args.sample_seed, **ranges)
@@ -106,10 +113,13 @@ def _options(command) -> None:
 @cli.command("sweep", help="train a grid or random set of hyperparameters on LIS as one vmapped program per "
                            "structure", options=_options)
 def _command(args) -> None:
-  study = lis.study_from_args(args)
-  members = members_from_args(args)
-  config = study.trainer_config(args.devices)
-  config = dataclasses.replace(config, checkpoint=CheckpointConfig(every=args.checkpoint_every, keep=2))
-  population.check_population(lis.LISTask(study), members, config)
+  with cli.user_settings():
+    study = lis.study_from_args(args)
+    members = members_from_args(args)
+    config = study.trainer_config(args.devices)
+    config = dataclasses.replace(config, checkpoint=CheckpointConfig(every=args.checkpoint_every, keep=2))
+    population.check_population(lis.LISTask(study), members, config)
+    for member in members:
+      decoder.check_settings(member, "standard")
   lis.split_cpu(args.devices)
   run(lis.LISTask(study), members, config, args.out, chunk_size=args.chunk_size, description="LIS sweep")

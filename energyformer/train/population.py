@@ -33,6 +33,9 @@ def random_search(num_members: int, seed: int = 0, **ranges) -> list[dict]:
   rng = np.random.default_rng(seed)
   members = [{} for _ in range(num_members)]
   for name, spec in ranges.items():
+    if len(spec) not in (2, 3) or not all(isinstance(v, (int, float)) for v in spec[:2]):
+      raise ValueError(f"range {name!r} must be (low, high) or (low, high, 'log') with numbers low < high, got "
+                       f"{spec!r}; on the command line --range {name}=LOW:HIGH or {name}=LOW:HIGH:log.")
     low, high, *scale = spec
     if not low < high or scale not in ([], ["log"]) or (scale and low <= 0):
       raise ValueError(f"range {name!r} must be (low, high) or (low, high, 'log') with low < high (and low > 0 "

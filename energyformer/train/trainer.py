@@ -106,6 +106,9 @@ def check_members(task, members: list[dict], config: TrainerConfig) -> None:
     if unknown:
       raise ValueError(f"unknown hyperparameter(s) {unknown}; the hyperparameters are {', '.join(known)} (structural "
                        f"ones, trained in separate programs: {', '.join(task.structural)}).")
+    for name, value in member.items():
+      if name not in task.structural and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))):
+        raise ValueError(f"{name}={value!r} is not a number; {name} takes a number (e.g. {name}=0.5).")
     check_hyperparameters(member)
     check_warmup(member.get("warmup_steps", config.optimizer.warmup_steps), config.steps)
   if len({structure_of(m, task.structural) for m in members}) > 1:

@@ -64,6 +64,16 @@ def test_sweep_command_builds_grid_and_random_members(monkeypatch, tmp_path):
     (["--grid", "learning_rate=-1"], "learning_rate must lie in"),
     (["--devices", "0"], "--devices must be at least 1, got 0"),
     (["--grid", "beta=0.5", "--variants", "flash"], "unknown attention variant"),
+    (["--grid", "beta=0.5"], "the variant 'standard' has no hyperparameter 'beta': its solver 'gd' has eta"),
+    (["--grid", "beta=2", "--variants", "momentum"], "beta must lie in [0.0, 1.0)"),
+    (["--grid", "learning_rate=abc"], "learning_rate='abc' is not a number"),
+    (["--grid", "eta=1", "--grid", "eta=2"], "--grid eta=... is given twice"),
+    (["--random", "3"], "--random N draws N members from --range options"),
+    (["--random", "2", "--grid", "eta=1", "--range", "eta=1:2"], "and no --grid"),
+    (["--range", "eta=0.1:1"], "--range needs --random N"),
+    (["--random", "2", "--range", "eta=1"], "range 'eta' must be (low, high)"),
+    (["--random", "0", "--range", "eta=0.1:1"], "num_members must be a positive integer"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
 ])
 def test_bad_sweeps_end_with_a_message_and_write_nothing(options, message, tmp_path, capsys):
   """A bad option: the message, exit status 2, no traceback, and no metrics.jsonl or tensorboard/ left behind."""

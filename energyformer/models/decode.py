@@ -105,7 +105,7 @@ def forward_rows(model, tokens, offset, cache):
   count, capacity = tokens.shape[0], cache.shape[-2]
   x = model.embed[...][tokens] + jax.lax.dynamic_slice_in_dim(model.positions[...], offset, count)
   mask = jnp.arange(capacity)[None, :] <= offset + jnp.arange(count)[:, None]
-  params, hparams = unwrap(blocks.params), unwrap(blocks.hparams)
+  params, hparams = unwrap(blocks.params), blocks.solver_hparams()
   per_step = {"params": None if blocks.shared else params, "hparams": hparams if blocks.stacked_hparams else None,
               "cache": cache}
 

@@ -116,9 +116,9 @@ def test_variant_block_and_learned_hyperparameters(monkeypatch):
   model = GPT(GPTConfig(**TINY, variant="strang_momentum", mlp="potential", hparams={"beta": 0.3}), rngs=nnx.Rngs(0))
   layer = model.blocks.layer
   assert isinstance(layer, Split) and layer.scheme == "strang" and layer.parts[0].solver.name == "gd"
-  learned = nnx.state(model.blocks, nnx.Param)["hparams"]
-  assert learned[1]["beta"][...].shape == (TINY["depth"],) and np.allclose(learned[1]["beta"][...], 0.3)
-  assert np.allclose(learned[0]["eta"][...], 1.0)
+  learned, used = nnx.state(model.blocks, nnx.Param)["hparams"], model.blocks.solver_hparams()
+  assert learned[1]["beta"][...].shape == (TINY["depth"],) and np.allclose(used[1]["beta"], 0.3)
+  assert np.allclose(used[0]["eta"], 1.0)
   tokens = jax.random.randint(jax.random.key(3), (4, 8), 0, 11)
   loss = lambda m: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(m(tokens[:, :-1]), tokens[:, 1:]))
   grads = nnx.grad(loss)(model)

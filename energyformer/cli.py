@@ -118,17 +118,49 @@ def _demo(args) -> None:
   demo.run(args.out, args.seed)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Every option's help ends with its default, unless the help already states one or the default is ``None``."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if action.default is None or "default" in text.lower():
+      return text
+    return super()._get_help_string(action)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+  """Gives options that have no help line one with their default (argparse lists no default without help)."""
+  for action in parser._actions:
+    if action.help is None and action.option_strings and action.default not in (None, argparse.SUPPRESS):
+      action.help = "default: %(default)s"
+  return parser
+
+
+def version() -> str:
+  """The installed distribution's version (``importlib.metadata``), else the package's own ``__version__``."""
+  from importlib import metadata
+  try:
+    return metadata.version("energyformer")
+  except metadata.PackageNotFoundError:
+    from energyformer import __version__
+    return __version__
+
+
 def parser() -> argparse.ArgumentParser:
-  """The parser of every registered command."""
+  """The parser of every registered command; every ``--help`` shows the options' defaults."""
   root = argparse.ArgumentParser(prog="energyformer", description="Transformer layers as optimisation steps on "
-                                 "energies of the token states: studies, pretraining and sweeps.")
+                                 "energies of the token states: studies, pretraining and sweeps.",
+                                 formatter_class=HelpFormatter)
+  root.add_argument("--version", action="version", version=f"%(prog)s {version()}")
   root.add_argument("--plugin", action="append", metavar="FILE_OR_MODULE",
                     help="import a Python file or module first (its registered solvers, variants and commands "
                          "become available); repeatable")
   commands = root.add_subparsers(dest="command", required=True)
   for spec in sorted(discover().values(), key=lambda c: c.name):
-    sub = commands.add_parser(spec.name, help=spec.help, description=spec.description or spec.help)
+    sub = commands.add_parser(spec.name, help=spec.help, description=spec.description or spec.help,
+                              formatter_class=HelpFormatter)
     spec.options(sub)
+    _show_defaults(sub)
     sub.set_defaults(run=spec.run, parser=sub)
   return root
 

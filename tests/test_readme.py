@@ -31,7 +31,7 @@ def test_readme_examples_run(scratch_registries):
   assert namespace["trace"].shape == (2, 6)
   assert namespace["out"].shape == (2, 10, 64)
   assert namespace["logits"].shape == (2, 16, 32)
-  assert "rmsprop" in registry.names() and "memory_rmsprop" in variants.names()
+  assert "token_rmsprop" in registry.names() and "memory_rmsprop" in variants.names()
   memory, energies, jax = namespace["memory"], namespace["energies"], namespace["jax"]
   params = energies.init_params(memory.specs(), jax.random.key(1))
   x = jax.random.normal(jax.random.key(2), (5, 64))
@@ -45,3 +45,20 @@ def test_readme_variant_table_is_the_registry():
   rows = re.findall(r"^\| `(\w+)` \| (.+?) \|$", README.read_text(), flags=re.M)
   table = [(name, text) for name, text in rows if name in variants.names()]
   assert table == [(name, variants.get(name).description) for name in variants.names()]
+
+
+def test_readme_says_what_the_library_is_and_cites_its_sources():
+  """A paragraph says what the library is before the two commands; the papers are cited by arXiv id; the LICENSE
+  (Apache-2.0) and the API reference it links exist."""
+  text = README.read_text()
+  before_commands = text[:text.index("```bash")]
+  assert "energyformer is a JAX" in before_commands and "Transformer layer is one step of an optimiser" in (
+      " ".join(before_commands.split()))
+  references = text[text.index("## References"):]
+  for arxiv_id in ("2511.00907", "2302.07253", "2605.07588", "2601.23236", "2502.11646"):
+    assert arxiv_id in references, arxiv_id
+  for link in re.findall(r"\]\(([^)#:]+)\)", text):
+    assert (README.parent / link).exists(), f"README links {link}, which does not exist"
+  license_text = (README.parent / "LICENSE").read_text()
+  assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+  assert "END OF TERMS AND CONDITIONS" in license_text

@@ -74,6 +74,7 @@ class SphereAttention:
     return self.head_dim ** -0.5 if self.beta is None else self.beta
 
   def specs(self):
+    """The one projection ``w`` (D, H, Dh), tied across queries, keys and values."""
     return {"w": ParamSpec((self.dim, self.num_heads, self.head_dim), ("embed", "heads", "head_dim"),
                            normal(self.dim ** -0.5))}
 
@@ -108,6 +109,7 @@ class SphereFeedForward:
     check_positive_int("hidden", self.hidden)
 
   def specs(self):
+    """The feed-forward directions ``d`` (D, M)."""
     return {"d": ParamSpec((self.dim, self.hidden), ("embed", "mlp"), normal(self.dim ** -0.5))}
 
   def hidden_units(self, params, x):

@@ -6,19 +6,17 @@ split id, index])``):
 1. a solved grid, filled by randomised depth-first search (``solved_grid``; this project's generator: varied
    grids, though not drawn uniformly from all of them);
 2. clues removed one cell at a time in a random order, a removal kept only if the puzzle still has exactly one
-   solution (no solution with another digit in the emptied cell), until ``clues`` remain; the clue count is drawn uniformly from
-   ``[min_clues, max_clues]`` per puzzle. Where the greedy removal gets stuck above the target, the puzzle is drawn
+   solution (no solution with another digit in the emptied cell), until ``clues`` remain; the clue count is drawn
+   uniformly from ``[min_clues, max_clues]`` per puzzle. Where the greedy removal gets stuck above the target, the puzzle is drawn
    again from the next attempt's stream (deterministic).
 
 Cells are encoded row-major: ``puzzle`` (81,) int32 with 0 for a blank and 1–9 for a clue, ``solution`` (81,) in
-1–9. ``sudoku_dataset`` serves batches through grain like the other generated tasks (``data.lis``).
+1–9. ``sudoku_dataset`` serves batches of a split held in memory through grain (like ``data.lis``).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator
-
 import grain
 import numpy as np
 
@@ -231,11 +229,30 @@ def numpy_split(config: SudokuConfig, split: str) -> dict[str, np.ndarray]:
   return {key: np.stack([record[key] for record in records]) for key in ("puzzle", "solution")}
 
 
+class _Rows:
+  """Row ``i`` of in-memory arrays as a record (a grain data source)."""
+
+  def __init__(self, arrays: dict[str, np.ndarray]):
+    self.arrays = arrays
+
+  def __len__(self) -> int:
+    return len(next(iter(self.arrays.values())))
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {key: values[index] for key, values in self.arrays.items()}
+
+
 def sudoku_dataset(config: SudokuConfig, split: str, *, batch_size: int, shuffle_seed: int,
-                   num_epochs: int | None = None) -> Iterator[dict]:
-  """Batches ``{"puzzle": (batch, 81), "solution": (batch, 81)}`` of ``split``, reshuffled every epoch
-  (``EpochShuffled``; ``num_epochs=None`` repeats forever), as a grain iterator dataset whose iterators resume
-  exactly (``get_state`` / ``set_state``)."""
+                   num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
+  """Batches ``{"puzzle": (batch, 81), "solution": (batch, 81)}`` of this shard's puzzles of ``split`` (records
+  ``shard_index, shard_index + shard_count, …``), reshuffled every epoch (``EpochShuffled``; ``num_epochs=None``
+  repeats forever), as a grain dataset whose iterators resume exactly (``get_state`` / ``set_state``). The split
+  is generated once and held in memory (``numpy_split``)."""
   check_positive_int("batch_size", batch_size)
-  records = EpochShuffled(grain.MapDataset.source(SudokuSource(config, split)), shuffle_seed, num_epochs)
-  return records.to_iter_dataset().batch(batch_size, drop_remainder=True)
+  check_positive_int("shard_count", shard_count)
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}.")
+  rows = grain.MapDataset.source(_Rows(numpy_split(config, split)))[shard_index::shard_count]
+  records = EpochShuffled(rows, shuffle_seed, num_epochs)
+  return (records.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+          .batch(batch_size, drop_remainder=True))

@@ -9,3 +9,4 @@ from energyformer.models.image_completion import (MASKINGS, ImageCompletion, Ima
                                                   patch_masks, patchify, unpatchify)
 from energyformer.models.transformer_encoder import TransformerEncoder, count_params, matched_mlp_hidden
 from energyformer.models.hyper_set import HyperSET, HyperSETConfig, iteration_features
+from energyformer.models.looped_encoder import LoopedEncoder

@@ -10,8 +10,9 @@ Each iteration ``t = 1 … T`` takes a solver step on the attention energy, then
 ``initial_step``). ``G`` is Hyper-SET's update direction (``symmetric_field``: symmetric attention through the
 tied ``Wᵀ``; the feed-forward ``−ReLU(ĥ) Dᵀ``), or with ``exact_gradient`` the exact ``jax.grad`` of the energies.
 The solver is any registered one with a single step-size hyperparameter (``gd``; the adaptive
-``accumulated_momentum``, ``rmsprop``, ``rmsprop_momentum``; ``nesterov``, ...): its step size is scaled by the
-learned ``a_t`` / ``b_t``, its other hyperparameters keep their defaults, and each energy has its own solver state.
+``accumulated_momentum``, ``adaptive_rmsprop``, ``adaptive_rmsprop_momentum``; ``nesterov``, ...): its step size
+is scaled by the learned ``a_t`` / ``b_t``, its other hyperparameters keep their defaults, and each energy has its
+own solver state.
 Tokens are embedded (learned token and position embeddings), and read out by an RMSNorm and a linear head.
 
 This project's reading: the step sizes depend on the iteration only (Hyper-SET's code also feeds the tokens to
@@ -61,7 +62,7 @@ class HyperSETConfig:
     step_sizes = solvers.get(self.solver).step_sizes
     if len(step_sizes) != 1:
       raise ValueError(f"solver {self.solver!r} has step-size hyperparameters {list(step_sizes)}; Hyper-SET scales "
-                       "exactly one by its learned per-iteration step: choose e.g. 'gd', 'rmsprop' or "
+                       "exactly one by its learned per-iteration step: choose e.g. 'gd', 'adaptive_rmsprop' or "
                        "'accumulated_momentum'.")
 
 

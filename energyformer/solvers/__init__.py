@@ -5,4 +5,4 @@ from energyformer.solvers.first_order import euler, gradient_descent, momentum, 
 from energyformer.solvers.second_order import hessian_vector_product, light_newton, neumann_direction, newton
 from energyformer.solvers.stochastic import langevin
 from energyformer.solvers.yurii import velocity_norm, yurii_nesterov, yurii_polyak
-from energyformer.solvers.adaptive import accumulated_momentum, rmsprop, rmsprop_momentum
+from energyformer.solvers.adaptive import accumulated_momentum, adaptive_rmsprop, adaptive_rmsprop_momentum

@@ -41,19 +41,21 @@ def accumulated_momentum(eta: float = 1.0, beta: float = 0.9) -> Solver:
                 {"eta": step_size(eta, "step size eta"), "beta": momentum_coefficient(beta)})
 
 
-@register("rmsprop")
-def rmsprop(eta: float = 1.0, rho: float = 0.8, eps: float = 1e-6) -> Solver:
+@register("adaptive_rmsprop")
+def adaptive_rmsprop(eta: float = 1.0, rho: float = 0.8, eps: float = 1e-6) -> Solver:
   """``s⁺ = ρ s + (1 − ρ) G²``, ``x⁺ = x − η G/(√s⁺ + ε)`` (Hyper-SET's, ρ = 0.8); the state is ``s``."""
 
   def step(grad_fn, x, second_moment, hparams):
     second_moment, scaled = _rms_scaled(grad_fn(x), second_moment, hparams, eps)
     return x - hparams["eta"] * scaled, second_moment
 
-  return Solver("rmsprop", zeros_like_state, step, {"eta": step_size(eta, "step size eta"), "rho": _decay(rho)})
+  return Solver("adaptive_rmsprop", zeros_like_state, step,
+                {"eta": step_size(eta, "step size eta"), "rho": _decay(rho)})
 
 
-@register("rmsprop_momentum")
-def rmsprop_momentum(eta: float = 1.0, rho: float = 0.8, beta: float = 0.9, eps: float = 1e-6) -> Solver:
+@register("adaptive_rmsprop_momentum")
+def adaptive_rmsprop_momentum(eta: float = 1.0, rho: float = 0.8, beta: float = 0.9,
+                              eps: float = 1e-6) -> Solver:
   """``s⁺ = ρ s + (1 − ρ) G²``, ``b⁺ = β b + G/(√s⁺ + ε)``, ``x⁺ = x − η b⁺``; the state is ``(s, b)``."""
 
   def init(x):
@@ -65,5 +67,5 @@ def rmsprop_momentum(eta: float = 1.0, rho: float = 0.8, beta: float = 0.9, eps:
     buffer = hparams["beta"] * buffer + scaled
     return x - hparams["eta"] * buffer, (second_moment, buffer)
 
-  return Solver("rmsprop_momentum", init, step, {"eta": step_size(eta, "step size eta"), "rho": _decay(rho),
-                                                 "beta": momentum_coefficient(beta)})
+  return Solver("adaptive_rmsprop_momentum", init, step,
+                {"eta": step_size(eta, "step size eta"), "rho": _decay(rho), "beta": momentum_coefficient(beta)})

@@ -14,7 +14,7 @@ TINY = dict(vocab_size=10, length=6, num_classes=4, dim=8, num_heads=2, head_dim
 
 def _loop(model, tokens, iterations, solver):
   """Explicit iterations: per t, a step on the attention field with a_t, then on the feed-forward field with b_t
-  (``gd``: x − a G; ``rmsprop_momentum``: its equations with ρ = 0.8, β = 0.9), each energy its own buffers."""
+  (``gd``: x − a G; ``adaptive_rmsprop_momentum``: its equations with ρ = 0.8, β = 0.9), each energy its own buffers."""
   steps = np.asarray(model.step_sizes(iterations))
   fields = [jax.jit(jax.vmap(lambda z, f=f: f(z, None))) for f in model.fields()]
   x = np.asarray(model.embed[...][tokens] + model.positions[...][:tokens.shape[1]], np.float64)
@@ -33,7 +33,7 @@ def _loop(model, tokens, iterations, solver):
   return x
 
 
-@pytest.mark.parametrize("solver", ["gd", "rmsprop_momentum"])
+@pytest.mark.parametrize("solver", ["gd", "adaptive_rmsprop_momentum"])
 def test_hyper_set_iterations_match_explicit_loop(solver):
   """``encode`` equals the explicit loop at T and 2T (the same shared weights, step sizes of the iteration index,
   which differ from step to step once the step-size network is trained)."""

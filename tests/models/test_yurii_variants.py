@@ -51,7 +51,7 @@ def test_yurii_step_matches_the_update_equations(variant, look_ahead, strang):
   for part in model.blocks.hparams:
     for name, value in part.items():
       assert value[...].shape == (TINY["depth"],)
-      value[...] = jnp.asarray(rng.uniform(0.2, 0.9, TINY["depth"]), jnp.float32)
+      value[...] = jnp.asarray(rng.uniform(-1.0, 1.0, TINY["depth"]), jnp.float32)  # raw, before constrain
   x = jax.random.normal(jax.random.key(1), (5, TINY["dim"]))
   mask = masks.causal(5)
   expected = _reference(model, x, mask, look_ahead, strang)

@@ -20,12 +20,12 @@ def _reference(name, x, hp):
     else:
       s = hp["rho"] * s + (1 - hp["rho"]) * g * g
       scaled = g / (np.sqrt(s) + 1e-6)
-      b = hp["beta"] * b + scaled if name == "rmsprop_momentum" else scaled
+      b = hp["beta"] * b + scaled if name == "adaptive_rmsprop_momentum" else scaled
       x = x - eta * b
   return x
 
 
-@pytest.mark.parametrize("name", ["accumulated_momentum", "rmsprop", "rmsprop_momentum"])
+@pytest.mark.parametrize("name", ["accumulated_momentum", "adaptive_rmsprop", "adaptive_rmsprop_momentum"])
 def test_adaptive_solver_matches_its_equations(name):
   solver = solvers.get(name)
   x0 = np.array([[1.0, -2.0, 0.5], [0.3, 0.7, -1.1]])
@@ -39,6 +39,6 @@ def test_adaptive_solver_matches_its_equations(name):
 
 def test_adaptive_solver_ranges():
   with pytest.raises(ValueError, match="decay rho"):
-    solvers.rmsprop().hparams(rho=1.0)
+    solvers.adaptive_rmsprop().hparams(rho=1.0)
   with pytest.raises(ValueError, match="momentum beta"):
     solvers.accumulated_momentum().hparams(beta=-0.1)

@@ -309,4 +309,6 @@ def _options(command) -> None:
 @cli.command("sudoku", help="Hyper-SET vs looped Transformers (GD, momentum, Nesterov) on generated Sudoku, with "
                             "test-time iteration scaling", options=_options)
 def _command(args) -> None:
-  run(study_from_args(args), args.out)
+  with cli.user_settings():
+    study = study_from_args(args)
+  run(study, args.out)

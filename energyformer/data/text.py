@@ -6,7 +6,9 @@ Three kinds of corpus, one record format (``{"text": bytes}``):
   a real text corpus that needs no download;
 * a directory of text files (``TextDataConfig.patterns``, ``*.txt`` by default);
 * ``"tfds:NAME"``: a tfds catalogue dataset (``lm1b``, ``c4/en``, ``wiki40b/en``, ...), downloaded and prepared as
-  array_record by tfds on first use (this needs network access).
+  array_record by tfds on first use (this needs network access, and TensorFlow: ``energyformer[catalogue]``), or
+  any tfds dataset already prepared as array_record under the data directory, e.g. a directory corpus by the name
+  ``text_corpus/<config>`` it was built under (``build_directory_corpus``).
 
 A directory corpus is written once as a tfds dataset (``TextCorpus``, array_record files, no TensorFlow) under
 ``data_dir``; later runs read it from there. Files are listed in sorted order and each goes to the validation split
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import os
 import pathlib
 import re
@@ -31,7 +34,7 @@ import grain
 import grain.experimental
 import numpy as np
 
-from energyformer.checks import check_positive_int
+from energyformer.checks import UsageError, check_positive_int
 
 SPLITS = ("train", "validation")
 STDLIB = "stdlib"
@@ -215,12 +218,34 @@ def build_directory_corpus(directory, data_dir, patterns=("*.txt",), validation_
 
 
 def catalogue_source(name: str, split: str, data_dir):
-  """Split ``split`` of the tfds catalogue dataset ``name`` as a random-access source, downloading and preparing
-  it as array_record on first use (network needed then; ``tfds build NAME --file_format array_record`` does the
-  same ahead of time)."""
+  """Split ``split`` of the tfds dataset ``name`` under ``data_dir`` as a random-access source, downloading and
+  preparing it as array_record on first use (network needed then; ``tfds build NAME --file_format array_record``
+  does the same ahead of time). A dataset without a ``validation`` split (``lm1b``) is validated on ``test``.
+
+  Reading a prepared dataset needs tensorflow-datasets alone; generating most catalogue datasets needs TensorFlow
+  too (``pip install energyformer[catalogue]``). Raises a ``UsageError`` naming the fix for an unknown name or a
+  missing TensorFlow.
+  """
   tfds = _import_tfds()
-  return tfds.data_source(name, split=split, data_dir=str(data_dir),
-                          builder_kwargs={"file_format": "array_record"}, download=True)
+  try:
+    builder = tfds.builder(name, data_dir=str(data_dir), file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError as error:
+    hidden = ("; tfds lists its older catalogue datasets (c4, wiki40b, ...) only when TensorFlow is installed: pip "
+              "install 'energyformer[catalogue]'" if importlib.util.find_spec("tensorflow") is None else "")
+    raise UsageError(f"no tfds dataset {name!r} ({str(error).splitlines()[0]}){hidden}; give a catalogue name such "
+                     "as tfds:lm1b, or NAME/CONFIG of a dataset prepared under --data-dir.") from None
+  if not builder.is_prepared():
+    try:
+      builder.download_and_prepare()
+    except ModuleNotFoundError as error:
+      needed = ("TensorFlow, which tfds uses to build most catalogue datasets: pip install 'energyformer[catalogue]'"
+                if error.name == "tensorflow" else f"the Python module {error.name!r}: install it")
+      raise UsageError(f"generating the tfds dataset {name!r} needs {needed} (or prepare it elsewhere with `tfds "
+                       f"build {name} --file_format array_record --data_dir DIR` and pass --data-dir DIR).") from None
+  splits = builder.info.splits
+  if split == "validation" and split not in splits and "test" in splits:
+    split = "test"
+  return builder.as_data_source(split)
 
 
 def corpus_source(config: TextDataConfig, split: str):

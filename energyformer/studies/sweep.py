@@ -22,7 +22,8 @@ from energyformer.train.task import SEEDS
 
 def run(task, members: list[dict], config, out_dir, *, chunk_size: int | None = None,
         description: str = "sweep") -> list[dict]:
-  """Trains the population with a progress bar, then prints the member table and the best member and writes
+  """Trains the population with a progress bar, then prints the member table and the best setting (by its mean
+  over the seeds, as the plot shows it) and writes
   ``members.csv``, ``results.json``, ``metrics.jsonl``, ``tensorboard/`` and ``<set>_<metric>.png`` to ``out_dir``.
 
   Bad members are refused before anything is written. Checkpoints go to ``out_dir/checkpoints`` when
@@ -40,10 +41,12 @@ def run(task, members: list[dict], config, out_dir, *, chunk_size: int | None = 
   validation = next(iter(results[0]["curves"]))
   key = f"{validation}_{task.metric_name}"
   print("\n" + sweep_report.format_table(rows, names + ["train_loss", f"{validation}_loss", key, "ms_per_step"]))
-  best = sweep_report.best_member(rows, key, task.higher_is_better)
-  print(f"best member ({key} = {best[key]:.4g}): {best['member']}")
-  sweep_report.write(rows, results, out)
   axes = sweep_report.swept_axes(rows, names, exclude=SEEDS)
+  best = sweep_report.best_setting(rows, axes, key, task.higher_is_better)
+  setting = ", ".join(f"{name}={value}" for name, value in best["setting"].items()) or "the only setting"
+  print(f"best setting by the mean over its {best['members']} member(s) ({key} = {best['mean']:.4g} ± "
+        f"{best['std']:.2g}): {setting}")
+  sweep_report.write(rows, results, out, best)
   sweep_report.plot(rows, axes, key, out / f"{key}.png", structural=task.structural)
   print(f"wrote {out / 'members.csv'}, {out / 'results.json'}, {out / 'metrics.jsonl'} and {out / (key + '.png')}")
   return rows

@@ -80,6 +80,15 @@ def check_population(task, members: list[dict], config) -> None:
     trainer.check_members(task, [members[i] for i in indices], config)
 
 
+def chunk_label(members: list[dict]) -> str:
+  """What a progress bar shows while ``members`` train: the member's name, or the values they share and their
+  number (``seed=0,variant=momentum``; ``variant=momentum ×3``)."""
+  if len(members) == 1:
+    return trainer.member_name(members[0])
+  shared = {k: v for k, v in members[0].items() if all(k in m and m[k] == v for m in members)}
+  return f"{trainer.member_name(shared)} ×{len(members)}".strip()
+
+
 def member_result(result: trainer.TrainResult, index: int) -> dict:
   """Member ``index`` of a run: the member, its name, its ``train_loss`` at every step, ``eval_steps`` and
   ``curves[set][metric]`` (one value per evaluation), and the run's ``seconds_per_step``."""
@@ -101,16 +110,20 @@ def train_population(task, members: list[dict], config, *, chunk_size: int | Non
 
   With ``checkpoint_dir`` (and ``config.checkpoint.every``) chunk ``c`` of group ``g`` saves under
   ``checkpoint_dir/group<g>_chunk<c>`` and a rerun resumes it. ``progress`` (a tqdm bar) advances by one per chunk
-  step; ``writer`` receives every chunk's metrics. A stop signal saves the running chunk (as ``trainer.train``
+  step and names the chunk's members (``chunk_label``) after its own description; ``writer`` receives every
+  chunk's metrics. A stop signal saves the running chunk (as ``trainer.train``
   does) and raises ``trainer.RunStopped``.
   """
   check_population(task, members, config)
   if chunk_size is not None:
     check_positive_int("chunk_size", chunk_size)
   results: list = [None] * len(members)
+  description = getattr(progress, "desc", "").rstrip(": ")
   for g, indices in enumerate(group_members(members, task.structural).values()):
     for c, piece in enumerate(chunks(indices, chunk_size)):
       directory = pathlib.Path(checkpoint_dir) / f"group{g}_chunk{c}" if checkpoint_dir else None
+      if hasattr(progress, "set_description"):
+        progress.set_description(f"{description} · {chunk_label([members[i] for i in piece])}".lstrip(" ·"))
       run = trainer.train(task, config, directory, members=[members[i] for i in piece], progress=progress,
                           writer=writer, metrics=False, member_names=True, devices=devices)
       if run.stopped_by is not None:

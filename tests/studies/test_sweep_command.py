@@ -10,11 +10,11 @@ from energyformer.train.task import SEEDS
 
 
 def test_sweep_command_writes_table_plot_and_curves(tmp_path, capsys):
-  """``energyformer sweep`` prints the member table and best member and writes CSV, JSON, JSONL and a heatmap."""
+  """``energyformer sweep`` prints the member table and best setting and writes CSV, JSON, JSONL and a heatmap."""
   cli.main(["sweep", "--preset", "tiny", "--variants", "momentum", "--grid", "learning_rate=1e-3,1e-2",
             "--grid", "beta=0,0.5", "--steps", "3", "--out", str(tmp_path)])
   out = capsys.readouterr().out
-  assert "best member" in out
+  assert "best setting by the mean over its 1 member(s)" in out
   rows = json.loads((tmp_path / "results.json").read_text())["members"]
   assert {(r["learning_rate"], r["beta"]) for r in rows} == {(1e-3, 0), (1e-3, 0.5), (1e-2, 0), (1e-2, 0.5)}
   assert (tmp_path / "members.csv").read_text().count("\n") == 5
@@ -31,6 +31,24 @@ def test_a_population_over_seeds_only_is_plotted(tmp_path):
   sweep_report.plot(rows, axes, "val_accuracy", tmp_path / "plot.png")
   assert (tmp_path / "plot.png").stat().st_size > 0
   assert sweep_report.mean_over_seeds(rows, axes, "val_accuracy") == {(): pytest.approx(0.55)}
+
+
+def test_best_setting_is_the_best_seed_mean_and_heatmap_panels_share_one_scale(tmp_path):
+  """The best setting is the one with the best mean over its seeds, not the one holding the best single member;
+  heatmap panels far apart in value share one colour scale spanning them all; a 1-axis sweep plots with a legend."""
+  rows = [{"variant": v, "beta": b, "eta": e, "seed": s, "acc": {(0.0, 0): 0.8, (0.0, 1): 0.0}.get((b, s), 0.4)
+           + (0.0 if v == "a" else 10.0) + 0.01 * e + 0.1 * b}
+          for v in ("a", "b") for b in (0.0, 0.5) for e in (1, 2) for s in (0, 1)]
+  only_a = [r for r in rows if r["variant"] == "a"]
+  best = sweep_report.best_setting(only_a, ["beta", "eta"], "acc", higher_is_better=True)
+  assert best["setting"] == {"beta": 0.5, "eta": 2} and best["members"] == 2
+  assert best["mean"] == pytest.approx(0.4 + 0.02 + 0.05)
+  assert max(only_a, key=lambda r: r["acc"])["beta"] == 0.0          # the best single member is elsewhere
+  limits = sweep_report.plot(rows, ["variant", "beta", "eta"], "acc", tmp_path / "heatmap.png", structural=("variant",))
+  means = sweep_report.mean_over_seeds(rows, ["variant", "beta", "eta"], "acc").values()
+  assert len(limits) == 2 and limits[0] == limits[1] == pytest.approx((min(means), max(means)))
+  assert sweep_report.plot(only_a, ["eta"], "acc", tmp_path / "line.png") == []
+  assert (tmp_path / "line.png").stat().st_size > 0
 
 
 def test_sweep_command_builds_grid_and_random_members(monkeypatch, tmp_path):

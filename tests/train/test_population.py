@@ -277,3 +277,13 @@ def test_population_axis_over_devices(tmp_path):
 def test_padding_and_the_data_seed():
   assert trainer.padded([{"a": 1}, {"a": 2}, {"a": 3}], 4) == [{"a": 1}, {"a": 2}, {"a": 3}, {"a": 3}]
   assert (data_seed({}), data_seed({"seed": 3}), data_seed({"seed": 3, "data_seed": 5})) == (0, 3, 5)
+
+
+def test_the_progress_bar_names_the_members_being_trained():
+  """A bar shared by the chunks of a population shows, after its own description, the member trained or the
+  values the chunk's members share and their number."""
+  from energyformer.train.population import chunk_label
+  assert chunk_label([{"variant": "momentum", "seed": 0}]) == "seed=0,variant=momentum"
+  chunk = [{"variant": "momentum", "seed": s, "beta": 0.5} for s in range(3)]
+  assert chunk_label(chunk) == "beta=0.5,variant=momentum ×3"
+  assert chunk_label([{"seed": 0}, {"seed": 1}]) == "×2"

@@ -318,3 +318,23 @@ def test_extend_continues_with_the_saved_optimiser_settings_and_a_recomputed_dec
   assert history["steps"] == 10
   with pytest.raises(ValueError, match="already trained 10 steps; extending it needs more steps"):
     pretrain.train(asked, tmp_path, progress=False, extend=True)
+
+
+def test_pretrain_reads_a_tfds_dataset_by_name_from_its_data_directory(straight, corpus, tmp_path, monkeypatch):
+  """A tfds dataset built on disk by the project's own builder (the directory corpus, array_record) is read back by
+  name, ``--data tfds:text_corpus/<config> --data-dir DIR``, with no network: the same records as the builder's own
+  splits (validation on its ``validation`` split), and the command pretrains on it."""
+  from energyformer.data import text
+
+  config = straight[0]
+  builder = text.build_directory_corpus(corpus[0], corpus[1], ("*.txt",), config.task.data.validation_percent)
+  name = f"{builder.name}/{builder.builder_config.name}"
+  for split in text.SPLITS:
+    by_name = text.catalogue_source(name, split, corpus[1])
+    assert [r["text"] for r in by_name] == [r["text"] for r in builder.as_data_source(split)] and len(by_name) > 0
+  monkeypatch.setattr(pretrain, "presets", lambda: {"tiny": config})
+  cli.main(["pretrain", "--data", f"tfds:{name}", "--data-dir", str(corpus[1]), "--steps", "2",
+            "--checkpoint-every", "2", "--out", str(tmp_path)])
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["steps"] == 2 and np.isfinite(summary["final_val_loss"])
+  assert summary["config"]["task"]["data"]["corpus"] == f"tfds:{name}"

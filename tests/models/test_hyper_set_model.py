@@ -48,6 +48,7 @@ def test_hyper_set_iterations_match_explicit_loop(solver):
                                rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_hyper_set_trains_and_exact_gradient_runs():
   """Ten Adam steps lower the loss on a fixed batch; the exact-gradient model gives finite logits of the shape."""
   model = HyperSET(HyperSETConfig(**TINY), rngs=nnx.Rngs(0))

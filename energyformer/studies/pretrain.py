@@ -296,7 +296,9 @@ def _options(command) -> None:
   command.add_argument("--mesh", help="single, data, fsdp, fsdp_tp, or sizes such as fsdp=4,tensor=2 "
                                       "(default: data parallel over every device)")
   command.add_argument("--data", help="'stdlib' (default: the Python standard library's source), a directory of "
-                                      "*.txt files, or tfds:NAME (e.g. tfds:lm1b; needs network the first time)")
+                                      "*.txt files, or tfds:NAME: a catalogue dataset (e.g. tfds:lm1b; needs network "
+                                      "the first time and TensorFlow, pip install energyformer[catalogue]) or "
+                                      "NAME/CONFIG of one prepared as array_record under --data-dir")
   command.add_argument("--patterns", nargs="+", help="file patterns of a --data directory (default: *.txt)")
   command.add_argument("--data-dir", help="where tfds datasets are written and read "
                                           "(default: $ENERGYFORMER_DATA_DIR or ~/.cache/energyformer/datasets)")

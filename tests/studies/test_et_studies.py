@@ -114,9 +114,9 @@ def test_the_feature_only_baseline_reads_the_features_and_nothing_else(tmp_path)
     scores = et_graphs.feature_baseline(graph, splits)
     report = et_graphs.detection_report(labels[splits["val"]], scores["val"], labels[splits["test"]], scores["test"])
     assert low <= report["test_auc"] <= high, report
+  evaluations = [{"step": 2, "val_loss": 0.6}, {"step": 3, "val_loss": 0.55}]
   results = {"graph": {"nodes": 400, "edges": 10, "anomalies": 50, "feature_dim": 5}, "final": report,
-             "baseline": report, "history": {"loss": [0.7, 0.6, 0.5], "seconds": 1.0,
-                                             "evaluations": [{"step": 2, "val_loss": 0.6}, {"step": 3, "val_loss": 0.55}]}}
+             "baseline": report, "history": {"loss": [0.7, 0.6, 0.5], "seconds": 1.0, "evaluations": evaluations}}
   assert "features only (logistic regression)" in et_graphs.format_table(results)
   et_graphs.plot(results, tmp_path / "et_graphs.png")
   assert (tmp_path / "et_graphs.png").stat().st_size > 0

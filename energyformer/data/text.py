@@ -53,10 +53,12 @@ class ByteTokenizer:
     """Number of token ids: 256 bytes and the end-of-document token."""
     return self.eos_id + 1
 
-  def encode(self, text: bytes | str) -> np.ndarray:
-    """The bytes of ``text`` (UTF-8 for a ``str``) followed by the end-of-document token, as int32."""
+  def encode(self, text: bytes | str, *, add_end: bool = True) -> np.ndarray:
+    """The bytes of ``text`` (UTF-8 for a ``str``) as int32, followed by the end-of-document token when
+    ``add_end`` (a whole training document); ``add_end=False`` for a prompt that the model is to continue."""
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-    return np.append(np.frombuffer(data, np.uint8).astype(np.int32), np.int32(self.eos_id))
+    tokens = np.frombuffer(data, np.uint8).astype(np.int32)
+    return np.append(tokens, np.int32(self.eos_id)) if add_end else tokens
 
   def decode(self, tokens) -> str:
     """The text of ``tokens``, skipping end-of-document (and any padding) ids; invalid UTF-8 becomes U+FFFD."""

@@ -95,46 +95,51 @@ def continuation(tokenizer, tokens) -> str:
   return tokenizer.decode(tokens[:ends[0]] if ends.size else tokens)
 
 
-def prepare(run_dir, prompt: str, num_tokens: int, *, step: int | None = None):
-  """``(model, step, tokenizer, prompt ids (1, P))`` for continuing ``prompt`` by ``num_tokens`` tokens; raises
-  when the run, its tokenizer or the length does not fit."""
-  check_positive_int("num_tokens", num_tokens)
+def prepare(run_dir, prompt: str, num_tokens: int | None = None, *, step: int | None = None):
+  """``(model, step, tokenizer, prompt ids (1, P), num_tokens)`` for continuing ``prompt`` by ``num_tokens``
+  tokens (default: up to the end of the model's context); raises when the run, its tokenizer or the length does not
+  fit."""
+  if num_tokens is not None:
+    check_positive_int("num_tokens", num_tokens)
   model, step = load_run(run_dir, step=step)
   tokenizer = run_tokenizer(run_dir)
   ids = prompt_tokens(tokenizer, prompt)
   room = model.config.context_length - ids.shape[1]
-  if num_tokens > room:
+  num_tokens = room if num_tokens is None else num_tokens
+  if num_tokens > room or room < 1:
     raise ValueError(f"the prompt takes {ids.shape[1]} of the model's {model.config.context_length} positions, "
                      f"leaving room for {max(room, 0)} new tokens, not {num_tokens}; pass --num-tokens {max(room, 1)} "
                      "or a shorter prompt.")
-  return model, step, tokenizer, ids
+  return model, step, tokenizer, ids, num_tokens
 
 
-def continue_prompt(prepared, num_tokens: int, *, temperature: float = 0.8, top_k: int | None = None,
+def continue_prompt(prepared, *, temperature: float = 0.8, top_k: int | None = None,
                     top_p: float | None = None, seed: int = 0, cache: bool = True) -> dict:
-  """Continues ``prepare``'s prompt with ``models.decode.generate``; returns ``{"text", "step",
-  "tokens_per_second", "cached"}`` (the rate includes compilation)."""
-  model, step, tokenizer, ids = prepared
+  """Continues ``prepare``'s prompt by its number of tokens with ``models.decode.generate``; returns ``{"text",
+  "step", "num_tokens", "tokens_per_second", "cached"}`` (the rate includes compilation)."""
+  model, step, tokenizer, ids, num_tokens = prepared
   began = time.perf_counter()
   tokens = generate(model, jnp.asarray(ids), num_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                     key=jax.random.key(seed), cache=cache)
   new = np.asarray(tokens)[0, ids.shape[1]:]
   seconds = time.perf_counter() - began
-  return {"text": continuation(tokenizer, new), "step": step, "tokens_per_second": num_tokens / seconds,
+  return {"text": continuation(tokenizer, new), "step": step, "num_tokens": num_tokens,
+          "tokens_per_second": num_tokens / seconds,
           "cached": cache and cache_support(model) is None}
 
 
-def sample(run_dir, prompt: str = "", *, num_tokens: int = 200, step: int | None = None, **options) -> dict:
-  """``prompt`` continued by ``num_tokens`` tokens of the run's decoder (``continue_prompt``'s ``options`` and
-  result)."""
-  return continue_prompt(prepare(run_dir, prompt, num_tokens, step=step), num_tokens, **options)
+def sample(run_dir, prompt: str = "", *, num_tokens: int | None = None, step: int | None = None, **options) -> dict:
+  """``prompt`` continued by ``num_tokens`` tokens of the run's decoder (``prepare``; ``continue_prompt``'s
+  ``options`` and result)."""
+  return continue_prompt(prepare(run_dir, prompt, num_tokens, step=step), **options)
 
 
 def _options(command) -> None:
   command.add_argument("--run", dest="run_dir", default="runs/pretrain",
                        help="the --out directory of `energyformer pretrain`")
   command.add_argument("--prompt", default="", help="text to continue (as the start of a document)")
-  command.add_argument("--num-tokens", type=int, default=200, help="number of tokens to generate")
+  command.add_argument("--num-tokens", type=int,
+                       help="number of tokens to generate (default: up to the end of the model's context)")
   command.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 decodes greedily")
   command.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")
   command.add_argument("--top-p", type=float,
@@ -153,9 +158,9 @@ def _command(args) -> None:
   with cli.user_settings():
     prepared = prepare(args.run_dir, args.prompt, args.num_tokens, step=args.step)
     check_sampling(args.temperature, args.top_k, args.top_p, prepared[0].config.vocab_size)
-  result = continue_prompt(prepared, args.num_tokens, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, seed=args.seed, cache=args.cache)
+  result = continue_prompt(prepared, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           seed=args.seed, cache=args.cache)
   print(args.prompt + result["text"])
   way = "cached contexts" if result["cached"] else "full recomputation"
-  print(f"-- step {result['step']} of {args.run_dir}, {args.num_tokens} tokens by {way}, "
+  print(f"-- step {result['step']} of {args.run_dir}, {result['num_tokens']} tokens by {way}, "
         f"{result['tokens_per_second']:.0f} tokens/s (compilation included)")

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from attention import (MB, default_repeats, derived_layer, machine, reference_layer, relative_diff, split_params,
                        time_and_memory)
+from report import conditions
 from energyformer import energies
 from energyformer.layers import Layer
 
@@ -237,6 +238,7 @@ def main(argv=None) -> None:
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   args = parser.parse_args(argv)
 
+  print(conditions("started"))
   info = machine()
   print(f"machine: {info['platform']} ({info['processor']}), {info['cpu_count']} CPUs, python {info['python']}, "
         f"jax {info['jax']}, backend {info['backend']}")
@@ -249,6 +251,7 @@ def main(argv=None) -> None:
     results.append(measure(seq, args.heads, args.head_dim, min(args.tile, seq), args.energies, repeats))
     print_result(results[-1])
   print_targets(results)
+  print(conditions("finished"))
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"command": " ".join(sys.argv), "machine": info, "results": results}, f, indent=2)

@@ -40,10 +40,10 @@ def _full_and_incremental(model, tokens):
 SPLIT = dict(splitting="strang", mlp="plain")
 
 
-# The default suite checks the mechanisms on two variants: Newton (Hessian-vector products with the context held)
-# and Nesterov (a look-ahead context, a velocity crossing layers), and the sampling test below a splitting; the
-# rest of the registry is checked with the slow tests (`pytest -m slow`), each variant compiling its own programs.
-DEFAULT_SUITE = ("newton", "nesterov")
+# The default suite checks Newton here (Hessian-vector products with the context held) and Nesterov in the sampling
+# test below (a look-ahead context, a velocity crossing the attention and MLP sub-steps and the layers); the rest
+# of the registry is checked with the slow tests (`pytest -m slow`), each variant compiling its own programs.
+DEFAULT_SUITE = ("newton",)
 
 
 @pytest.mark.parametrize("variant", [name if name in DEFAULT_SUITE else pytest.param(name, marks=pytest.mark.slow)
@@ -69,16 +69,19 @@ def test_cached_rows_equal_full_recomputation(variant):
 def test_row_indexing_energies_and_full_derivation_are_not_cached():
   """Gated linear attention reads its queries' row indices, and the full derivation differentiates key roles:
   both decode by recomputation, with the reason given."""
-  assert "indexes_positions" in cache_support(_model("gated_linear", mlp="none"))
+  def stack_of(layer):
+    return types.SimpleNamespace(blocks=types.SimpleNamespace(layer=layer))
+
+  assert "indexes_positions" in cache_support(stack_of(attention_layer(GPTConfig(**TINY, variant="gated_linear"))))
   full = dataclasses.replace(attention_layer(GPTConfig(**TINY, variant="tied")), mode="full")
-  assert "full derivation" in cache_support(types.SimpleNamespace(blocks=types.SimpleNamespace(layer=full)))
+  assert "full derivation" in cache_support(stack_of(full))
 
 
 def test_cached_and_full_generation_draw_the_same_tokens():
-  """Nucleus and top-k sampling from the cache (a prompt pass, then a token at a time; heavy ball, attention and
+  """Nucleus and top-k sampling from the cache (a prompt pass, then a token at a time; Nesterov, attention and
   MLP by Lie–Trotter splitting) give the tokens of recomputation with the same key, for a batch of prompts; the
   prompt is kept."""
-  model = _model("momentum")
+  model = _model("nesterov")
   prompt = jnp.array([[1, 2, 3], [7, 7, 0]], jnp.int32)
   options = dict(temperature=1.5, top_k=6, top_p=0.9, key=jax.random.key(4))
   cached, full = generate(model, prompt, 4, **options), generate(model, prompt, 4, cache=False, **options)
@@ -97,7 +100,7 @@ def _reference_support(logits, temperature, top_k, top_p):
   return order[:count], kept
 
 
-@pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (8, 0.6), (2, 0.3)])
+@pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (6, 0.6)])
 def test_top_k_and_nucleus_draw_from_the_reference_support(top_k, top_p):
   """20 000 draws fall only on the reference's kept tokens, with its renormalised frequencies (±0.015)."""
   logits = jnp.array([2.0, -1.0, 0.5, 1.5, 0.0, 1.0, -2.0, 0.7])

@@ -48,15 +48,15 @@ def test_prompts_carry_no_end_of_document():
 
 
 def test_loaded_decoder_continues_like_the_saved_one(saved_run, capsys):
-  """The command rebuilds the member's decoder (depth 2, β = 0.3) and its parameters: its greedy text is the
-  saved model's own greedy continuation of the prompt."""
+  """The command rebuilds the member's decoder (depth 2, β = 0.3) with the saved parameters bit for bit, and prints
+  the prompt and its greedy continuation."""
   out, model = saved_run
   loaded, step = sample.load_run(out)
   assert step == 5 and loaded.config.depth == 2 and dict(loaded.config.hparams) == {"beta": 0.3}
   saved = jax.tree.leaves(nnx.state(model))
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(nnx.state(loaded)), saved, strict=True))
   prompt = jnp.array([[256, ord("a"), ord("b")]], jnp.int32)
-  expected = sample.continuation(ByteTokenizer(), generate(model, prompt, 4)[0, 3:])
+  expected = sample.continuation(ByteTokenizer(), generate(loaded, prompt, 4)[0, 3:])
   cli.main(["sample", "--run", str(out), "--prompt", "ab", "--num-tokens", "4", "--temperature", "0"])
   assert capsys.readouterr().out.startswith(f"ab{expected}\n-- step 5 of {out}, 4 tokens by cached contexts")
 

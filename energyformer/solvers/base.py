@@ -105,6 +105,12 @@ def time_constant(default: float) -> HparamSpec:
 class Solver(NamedTuple):
   """A solver: ``init``/``step`` and its hyperparameters, each declared by a ``HparamSpec``.
 
+  ``init(x) -> state`` and ``step(grad_fn, x, state, hparams) -> (x, state)``: ``x`` is one sequence of token
+  states (N, D), floating point; ``grad_fn(z)`` returns the field at ``z``, same shape and dtype (the mask is
+  already inside it: the layer closes over it); ``state`` is a pytree of arrays (a velocity shaped like ``x``,
+  per-token statistics, ...) or empty; ``hparams`` maps each name of ``hyperparameters`` to an array (a scalar,
+  or traced: learned or vmapped). The new ``x`` has ``x``'s shape and dtype.
+
   ``fixed_context``: the solver differentiates ``grad_fn`` (curvature), and a layer should hold the context
   (keys, values) at the step's input while it does, giving the query-side Hessian.
   """

@@ -147,11 +147,13 @@ class GPT(nnx.Module):
     if not config.tie_embeddings:
       self.head = _param(rngs, (config.dim, config.vocab_size), ("embed", "vocab"), config.dim ** -0.5)
 
-  def __call__(self, tokens, depth: int | None = None):
+  def __call__(self, tokens, depth: int | None = None, *, return_energy: bool = False):
     """Logits (B, T, V) for integer tokens (B, T), T ≤ ``context_length``; position t sees tokens ≤ t only.
 
     ``depth``: the number of depth steps to run (default ``config.depth``); another value needs ``shared=True``
-    (a weight-shared stack can run for any number of steps: test-time depth extrapolation)."""
+    (a weight-shared stack can run for any number of steps: test-time depth extrapolation). ``return_energy``:
+    also return each sequence's energy at the input of every depth step, ``E_l(x_l)`` of shape (B, depth) (the
+    energy the step descends: the attention energy, plus the MLP's potential when the block has one)."""
     if jnp.ndim(tokens) != 2:
       raise ValueError(f"tokens must have shape (batch, length), got {jnp.shape(tokens)}.")
     length = tokens.shape[1]
@@ -159,7 +161,9 @@ class GPT(nnx.Module):
       raise ValueError(f"sequence length {length} exceeds the model's context_length "
                        f"{self.config.context_length}; shorten the input or build the model with a longer context.")
     x = self.embed[...][tokens] + self.positions[...][:length]
-    return self.readout(self.blocks(x, masks.causal(length), num_steps=depth))
+    rollout = self.blocks.rollout(x, masks.causal(length), record_energy=return_energy, num_steps=depth)
+    logits = self.readout(rollout.x)
+    return (logits, rollout.energy_before) if return_energy else logits
 
   def readout(self, x):
     """Logits (..., V) of final token states (..., D): LayerNorm, then the (tied) output projection."""

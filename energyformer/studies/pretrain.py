@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 
 from energyformer import cli
 from energyformer.checks import check_positive_int
+from energyformer.data import tokenizers
 from energyformer.data.text import ByteTokenizer, TextDataConfig, check_corpus, corpus_source, text_dataset
 from energyformer.models.gpt import GPT, GPTConfig
 from energyformer.studies import decoder
@@ -52,17 +53,42 @@ def next_token_loss(model, tokens) -> jax.Array:
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]))
 
 
+def loss_and_energy(model, tokens) -> tuple[jax.Array, jax.Array]:
+  """``next_token_loss`` and the depth energy ``R = (1/BT) Σ_b Σ_l E_l(x_{b,l})`` of the same forward pass: the
+  energy each depth step descends, at that step's input state, summed over the steps, per token of the batch."""
+  logits, energies = model(tokens[:, :-1], return_energy=True)
+  at_least_32 = lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  cross_entropy = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(at_least_32(logits), tokens[:, 1:]))
+  return cross_entropy, jnp.sum(at_least_32(energies)) / (tokens.shape[0] * (tokens.shape[1] - 1))
+
+
+def energy_regularised_loss(model, tokens, energy_weight: float) -> jax.Array:
+  """``CE + λ R`` (``loss_and_energy``), λ = ``energy_weight``; ``next_token_loss`` itself when λ = 0.
+
+  This project's reading of training with the layers' free energy as a regulariser: the forward pass minimises
+  the energy over the token states, and the weights are trained on cross-entropy plus λ times the energies the
+  layers met, in one joint loss rather than alternating phases."""
+  if energy_weight == 0:
+    return next_token_loss(model, tokens)
+  cross_entropy, energy = loss_and_energy(model, tokens)
+  return cross_entropy + energy_weight * energy
+
+
 @dataclasses.dataclass(frozen=True)
 class TextTask:
-  """Next-byte prediction on a text corpus with the GPT decoder ``model`` (``energyformer.train.task.Task``).
+  """Next-token prediction on a text corpus with the GPT decoder ``model`` (``energyformer.train.task.Task``).
 
-  The validation loss is the mean over the first ``eval_sequences`` sequences of the validation split, in file
-  order.
+  ``tokenizer``: bytes (default) or a trained BPE (``energyformer.data.tokenizers``). ``energy_weight`` λ trains
+  on ``energy_regularised_loss``; ``measure_energy`` adds the depth energy ``R`` to the evaluations. The
+  validation loss is the mean over the first ``eval_sequences`` sequences of the validation split, in file order.
   """
 
   model: GPTConfig
   data: TextDataConfig = TextDataConfig()
   eval_sequences: int = 128
+  tokenizer: ByteTokenizer | tokenizers.BPETokenizer = ByteTokenizer()
+  energy_weight: float = 0.0
+  measure_energy: bool = False
   structural = decoder.STRUCTURAL
 
   def __post_init__(self):
@@ -70,9 +96,11 @@ class TextTask:
     if self.model.context_length < self.data.sequence_length:
       raise ValueError(f"the model's context_length ({self.model.context_length}) is shorter than the data's "
                        f"sequence_length ({self.data.sequence_length}); raise context_length or shorten sequences.")
-    if self.model.vocab_size < ByteTokenizer().vocab_size:
-      raise ValueError(f"the model's vocab_size ({self.model.vocab_size}) is smaller than the byte tokenizer's "
-                       f"{ByteTokenizer().vocab_size} tokens; use vocab_size >= {ByteTokenizer().vocab_size}.")
+    if self.model.vocab_size < self.tokenizer.vocab_size:
+      raise ValueError(f"the model's vocab_size ({self.model.vocab_size}) is smaller than the tokenizer's "
+                       f"{self.tokenizer.vocab_size} tokens; use vocab_size >= {self.tokenizer.vocab_size}.")
+    if not self.energy_weight >= 0:
+      raise ValueError(f"energy_weight must be >= 0, got {self.energy_weight!r}; pass 0 for plain cross-entropy.")
 
   @property
   def hyperparameters(self) -> tuple[str, ...]:
@@ -86,39 +114,49 @@ class TextTask:
   def batches(self, member, batch_size, shard_index, shard_count):
     """This process's documents of the training split, in the member's data order."""
     return iter(text_dataset(corpus_source(self.data, "train"), self.data, batch_size=batch_size,
-                             seed=data_seed(member), shard_index=shard_index, shard_count=shard_count))
+                             seed=data_seed(member), tokenizer=self.tokenizer, shard_index=shard_index,
+                             shard_count=shard_count))
 
   def loss(self, model, batch, key):
-    """``next_token_loss``."""
-    return next_token_loss(model, batch["tokens"])
+    """``energy_regularised_loss`` (``next_token_loss`` at ``energy_weight=0``)."""
+    return energy_regularised_loss(model, batch["tokens"], self.energy_weight)
 
   def evaluation_sets(self, shard_index, shard_count):
     """``val``: this process's share of the first ``eval_sequences`` validation sequences."""
     count = max(self.eval_sequences // shard_count, 1)
     sequences = text_dataset(corpus_source(self.data, "validation"), self.data, batch_size=count, seed=0,
-                             shard_index=shard_index, shard_count=shard_count, shuffle=False)
+                             tokenizer=self.tokenizer, shard_index=shard_index, shard_count=shard_count,
+                             shuffle=False)
     return {"val": next(iter(sequences))}
 
   def evaluate(self, model, batch):
-    """``{"loss": next_token_loss}``."""
-    return {"loss": next_token_loss(model, batch["tokens"])}
+    """``{"loss": next_token_loss}``, and ``"energy"`` (``R``) with ``measure_energy``."""
+    if not self.measure_energy:
+      return {"loss": next_token_loss(model, batch["tokens"])}
+    loss, energy = loss_and_energy(model, batch["tokens"])
+    return {"loss": loss, "energy": energy}
 
   def identity(self) -> dict:
-    """The model and the data's content settings."""
-    return {"model": to_dict(self.model), "data": {k: getattr(self.data, k) for k in DATA_IDENTITY}}
+    """The model, the data's content settings, and a BPE tokenizer or an energy weight when used."""
+    extra = {} if isinstance(self.tokenizer, ByteTokenizer) else {"tokenizer": tokenizers.identity(self.tokenizer)}
+    extra.update({"energy_weight": self.energy_weight} if self.energy_weight else {})
+    return {"model": to_dict(self.model), "data": {k: getattr(self.data, k) for k in DATA_IDENTITY}, **extra}
 
 
 @dataclasses.dataclass(frozen=True)
 class Pretraining:
-  """A pretraining run: the task, the trainer's settings and the seed (initialisation and data order)."""
+  """A pretraining run: the task, the trainer's settings, the seed (initialisation and data order) and the
+  tokenizer (``"bytes"`` or ``"bpe:VOCAB"``, which ``with_run_tokenizer`` trains and puts in the task)."""
 
   task: TextTask
   trainer: TrainerConfig
   seed: int = 0
+  tokenizer: str = tokenizers.BYTES
 
   def __post_init__(self):
     if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
       raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}.")
+    tokenizers.parse_tokenizer(self.tokenizer)
 
   @property
   def tokens_per_step(self) -> int:
@@ -156,7 +194,8 @@ def presets() -> dict[str, Pretraining]:
 def configure(preset: str = "tiny", *, variant: str | None = None, steps: int | None = None,
               batch_size: int | None = None, learning_rate: float | None = None, mesh: str | None = None,
               corpus: str | None = None, data_dir: str | None = None, patterns: tuple[str, ...] | None = None,
-              bf16: bool | None = None, checkpoint_every: int | None = None, seed: int | None = None) -> Pretraining:
+              bf16: bool | None = None, checkpoint_every: int | None = None, seed: int | None = None,
+              tokenizer: str | None = None, energy_weight: float | None = None) -> Pretraining:
   """``PRESETS[preset]`` with the given settings replaced (``None`` keeps the preset's).
 
   ``mesh`` is a preset name or sizes (``energyformer.train.mesh.parse_mesh``); ``bf16`` computes in bfloat16;
@@ -174,13 +213,14 @@ def configure(preset: str = "tiny", *, variant: str | None = None, steps: int | 
   optimizer = optimizer if steps is None else shorter_warmup(optimizer, steps)
   task = dataclasses.replace(
       run.task, model=dataclasses.replace(run.task.model, **_given(variant=variant)),
-      data=dataclasses.replace(run.task.data, **_given(corpus=corpus, data_dir=data_dir, patterns=patterns)))
+      data=dataclasses.replace(run.task.data, **_given(corpus=corpus, data_dir=data_dir, patterns=patterns)),
+      **_given(energy_weight=energy_weight))
   settings = dataclasses.replace(
       run.trainer, optimizer=optimizer, mesh=run.trainer.mesh if mesh is None else parse_mesh(mesh),
       checkpoint=dataclasses.replace(run.trainer.checkpoint, **_given(every=checkpoint_every)),
       **_given(steps=steps, batch_size=batch_size,
                compute_dtype=None if bf16 is None else "bfloat16" if bf16 else "float32"))
-  return dataclasses.replace(run, task=task, trainer=settings, **_given(seed=seed))
+  return dataclasses.replace(run, task=task, trainer=settings, **_given(seed=seed, tokenizer=tokenizer))
 
 
 def _given(**settings) -> dict:
@@ -195,6 +235,33 @@ def prepare_corpus(data: TextDataConfig) -> None:
     if jax.process_index() == 0:
       corpus_source(data, "train")
     multihost_utils.sync_global_devices("text corpus prepared")
+
+
+def training_texts(data: TextDataConfig):
+  """The documents of the training split, in file order."""
+  source = corpus_source(data, "train")
+  return (source[index][data.feature] for index in range(len(source)))
+
+
+def with_tokenizer(task: TextTask, spec: str, run_dir) -> TextTask:
+  """``task`` with the tokenizer of the run in ``run_dir`` (``tokenizers.run_tokenizer``: the one saved there, or
+  ``spec``'s, trained on the training split and saved) and, for a BPE, the model's vocabulary padded to it. With
+  several processes, process 0 trains and saves it first."""
+  if jax.process_count() > 1 and jax.process_index() == 0:
+    tokenizers.run_tokenizer(spec, run_dir, lambda: training_texts(task.data))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("tokenizer trained")
+  tokenizer = tokenizers.run_tokenizer(spec, run_dir, lambda: training_texts(task.data))
+  if isinstance(tokenizer, ByteTokenizer):
+    return dataclasses.replace(task, tokenizer=tokenizer)
+  model = dataclasses.replace(task.model, vocab_size=tokenizers.padded_vocab_size(tokenizer))
+  return dataclasses.replace(task, tokenizer=tokenizer, model=model)
+
+
+def with_run_tokenizer(run: Pretraining, out_dir) -> Pretraining:
+  """``run`` with its task's tokenizer resolved in ``out_dir`` (``with_tokenizer``), the corpus prepared first."""
+  prepare_corpus(run.task.data)
+  return dataclasses.replace(run, task=with_tokenizer(run.task, run.tokenizer, out_dir))
 
 
 def train(run: Pretraining, out_dir, **options) -> trainer.TrainResult:
@@ -222,8 +289,9 @@ def read_curves(metrics_path) -> dict[str, list[tuple[int, float]]]:
   return {name: sorted(points.items()) for name, points in curves.items()}
 
 
-def plot_losses(curves: dict, path, title: str) -> None:
-  """Validation loss (markers) over the training loss (thin line) against step, in nats per byte."""
+def plot_losses(curves: dict, path, title: str, unit: str = "nats / byte") -> None:
+  """Validation loss (markers) over the training loss (thin line) against step, in ``unit`` (nats per token of
+  the run's tokenizer)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -233,7 +301,7 @@ def plot_losses(curves: dict, path, title: str) -> None:
     if curves[name]:
       steps, losses = zip(*curves[name])
       ax.plot(steps, losses, label=name.replace("/loss", "ing" if name.startswith("train") else "idation"), **style)
-  ax.set(xlabel="step", ylabel="cross-entropy (nats / byte)", title=title)
+  ax.set(xlabel="step", ylabel=f"cross-entropy ({unit})", title=title)
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -246,12 +314,20 @@ def summarize(config: Pretraining, result: trainer.TrainResult, curves: dict) ->
   trained with."""
   trained = dataclasses.replace(config, trainer=result.config or config.trainer)
   throughput = trained.tokens_per_step / result.seconds_per_step
-  return {"variant": config.task.model.variant, "steps": result.step, "resumed_from": result.start_step,
+  return {"variant": config.task.model.variant, "tokenizer": tokenizers.tokenizer_name(config.task.tokenizer),
+          "energy_weight": config.task.energy_weight, "steps": result.step, "resumed_from": result.start_step,
           "schedule": result.schedule, "stopped_by": result.stopped_by,
           "first_train_loss": curves["train/loss"][0][1], "final_train_loss": curves["train/loss"][-1][1],
           "final_val_loss": curves["val/loss"][-1][1] if curves["val/loss"] else None,
           "tokens_per_second": throughput if math.isfinite(throughput) else None, "seconds": result.seconds,
-          "mesh": dict(result.mesh.shape), "config": to_dict(trained)}
+          "mesh": dict(result.mesh.shape), "config": _config_dict(trained)}
+
+
+def _config_dict(config: Pretraining) -> dict:
+  """``to_dict(config)`` with the task's tokenizer as its identity (not the whole BPE)."""
+  settings = to_dict(config)
+  settings["task"]["tokenizer"] = tokenizers.identity(config.task.tokenizer)
+  return settings
 
 
 def run(config: Pretraining, out_dir="runs/pretrain", *, progress: bool = True, extend: bool = False) -> dict:
@@ -261,9 +337,11 @@ def run(config: Pretraining, out_dir="runs/pretrain", *, progress: bool = True, 
   (rewritten only when missing)."""
   out = pathlib.Path(out_dir)
   lead = jax.process_index() == 0
+  config = with_run_tokenizer(config, out)
   model = config.task.model
   if lead:
-    print(f"pretraining a {model.variant} decoder ({parameter_count(model) / 1e6:.2f}M parameters) on "
+    print(f"pretraining a {model.variant} decoder ({parameter_count(model) / 1e6:.2f}M parameters, "
+          f"{tokenizers.tokenizer_name(config.task.tokenizer)} tokens) on "
           f"{config.task.data.corpus!r}: {config.tokens_per_step} tokens a step, "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s), {config.trainer.compute_dtype}")
   result = train(config, out, progress=progress, extend=extend)
@@ -274,7 +352,9 @@ def run(config: Pretraining, out_dir="runs/pretrain", *, progress: bool = True, 
     print(f"nothing to train; the run's summary is {written}")
     return json.loads(written.read_text())
   curves = read_curves(out / "metrics.jsonl")
-  plot_losses(curves, out / "val_loss.png", f"{model.variant} decoder, byte-level, {config.task.data.corpus}")
+  tokenizer = config.task.tokenizer
+  plot_losses(curves, out / "val_loss.png", f"{model.variant} decoder, {tokenizers.tokenizer_name(tokenizer)} "
+              f"tokens, {config.task.data.corpus}", tokenizers.loss_unit(tokenizer))
   summary = summarize(config, result, curves)
   written.write_text(json.dumps(summary, indent=1))
   state = f"stopped by {result.stopped_by} at step {result.step}" if result.stopped_by else f"{result.step} steps"
@@ -285,6 +365,14 @@ def run(config: Pretraining, out_dir="runs/pretrain", *, progress: bool = True, 
         f"validation loss {validation}, {speed}, {result.seconds:.0f} s; wrote {out / 'val_loss.png'}, "
         f"{out / 'metrics.jsonl'} and {written}")
   return summary
+
+
+def add_tokenizer_options(command) -> None:
+  """``--tokenizer`` and ``--energy-weight`` (shared with ``energyformer compare``)."""
+  command.add_argument("--tokenizer", help="bytes (default: UTF-8 bytes) or bpe:VOCAB, a byte-level BPE of VOCAB ids "
+                                           "trained on the training split and saved with the run (e.g. bpe:4096)")
+  command.add_argument("--energy-weight", type=float, metavar="LAMBDA",
+                       help="train on cross-entropy + LAMBDA x the layers' energies per token (default 0)")
 
 
 def _options(command) -> None:
@@ -310,6 +398,7 @@ def _options(command) -> None:
                             "warmup is unchanged and the cosine decay is recomputed to end at the new last step (the "
                             "learning rate at the resumed step is printed before and after). Without it, a run is "
                             "resumed only with the schedule it was trained with")
+  add_tokenizer_options(command)
   command.add_argument("--out", default="runs/pretrain",
                        help="directory for checkpoints, metrics.jsonl, tensorboard/, val_loss.png, summary.json")
   command.add_argument("--distributed", action="store_true",
@@ -333,6 +422,7 @@ def _command(args) -> None:
                        "--steps and no --learning-rate.")
     config = configure(args.config, variant=args.variant, steps=args.steps, batch_size=args.batch_size,
                        learning_rate=args.learning_rate, mesh=args.mesh, corpus=args.data, data_dir=args.data_dir,
-                       patterns=args.patterns, bf16=args.bf16, checkpoint_every=args.checkpoint_every, seed=args.seed)
+                       patterns=args.patterns, bf16=args.bf16, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                       tokenizer=args.tokenizer, energy_weight=args.energy_weight)
     check_corpus(config.task.data)
   run(config, args.out, extend=args.extend)

@@ -367,6 +367,17 @@ def run(config: Pretraining, out_dir="runs/pretrain", *, progress: bool = True, 
   return summary
 
 
+def add_data_options(command) -> None:
+  """``--data``, ``--patterns`` and ``--data-dir`` (shared with ``energyformer compare``)."""
+  command.add_argument("--data", help="'stdlib' (default: the Python standard library's source), a directory of "
+                                      "*.txt files, or tfds:NAME: a catalogue dataset (e.g. tfds:lm1b; needs network "
+                                      "the first time and TensorFlow, pip install energyformer[catalogue]) or "
+                                      "NAME/CONFIG of one prepared as array_record under --data-dir")
+  command.add_argument("--patterns", nargs="+", help="file patterns of a --data directory (default: *.txt)")
+  command.add_argument("--data-dir", help="where tfds datasets are written and read "
+                                          "(default: $ENERGYFORMER_DATA_DIR or ~/.cache/energyformer/datasets)")
+
+
 def add_tokenizer_options(command) -> None:
   """``--tokenizer`` and ``--energy-weight`` (shared with ``energyformer compare``)."""
   command.add_argument("--tokenizer", help="bytes (default: UTF-8 bytes) or bpe:VOCAB, a byte-level BPE of VOCAB ids "
@@ -383,13 +394,7 @@ def _options(command) -> None:
   command.add_argument("--learning-rate", type=float, help="peak AdamW learning rate")
   command.add_argument("--mesh", help="single, data, fsdp, fsdp_tp, or sizes such as fsdp=4,tensor=2 "
                                       "(default: data parallel over every device)")
-  command.add_argument("--data", help="'stdlib' (default: the Python standard library's source), a directory of "
-                                      "*.txt files, or tfds:NAME: a catalogue dataset (e.g. tfds:lm1b; needs network "
-                                      "the first time and TensorFlow, pip install energyformer[catalogue]) or "
-                                      "NAME/CONFIG of one prepared as array_record under --data-dir")
-  command.add_argument("--patterns", nargs="+", help="file patterns of a --data directory (default: *.txt)")
-  command.add_argument("--data-dir", help="where tfds datasets are written and read "
-                                          "(default: $ENERGYFORMER_DATA_DIR or ~/.cache/energyformer/datasets)")
+  add_data_options(command)
   command.add_argument("--bf16", action="store_true", default=None, help="compute in bfloat16 (float32 parameters)")
   command.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps")
   command.add_argument("--seed", type=int, help="seed of the initialisation and the data order")

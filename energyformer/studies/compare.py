@@ -7,7 +7,7 @@ An *arm* is a registered attention variant (``standard``, ``momentum``, ``nester
 (``energyformer.train.population``: one ``jax.vmap``-ed program); seed ``s`` initialises its model with ``s`` and
 reads the training split in its own order, the same order in every arm. Every arm sees the same tokenizer (bytes, or
 a BPE trained once on the training split and saved in the output directory), the same validation sequences, the
-same steps, batch and optimiser.
+same steps, batch and optimiser. The statistics are ``energyformer.studies.statistics``'s.
 
 The report, per arm: the validation loss (nats per byte for bytes, per token for a BPE) at every evaluation, mean
 over seeds with a 95 % bootstrap interval over seeds; the final loss and its paired difference from ``standard``
@@ -16,17 +16,17 @@ over seeds with a 95 % bootstrap interval over seeds; the final loss and its pai
 
 Presets (``tokens`` per step per model = batch × sequence):
 
-============  ================================================  ============  =========================
-preset        model                                             batch × seq   for
-============  ================================================  ============  =========================
-``tiny``      2 layers, width 16, 2 heads × 8, MLP 32           4 × 16        tests, seconds
-``default``   6 layers, width 64, 4 heads × 16, MLP 128         16 × 64       this CPU, ≤ 20 minutes
-``gpt-30m``   8 layers, width 512, 8 heads × 64, MLP 2048       64 × 512      one accelerator, bf16
-``gpt-160m``  16 layers, width 768, 12 heads × 64, MLP 3072     128 × 1024    accelerators, bf16
-============  ================================================  ============  =========================
+============  ================================================  ============  ==========  ====================
+preset        model                                             batch × seq   parameters  for
+============  ================================================  ============  ==========  ====================
+``tiny``      2 layers, width 16, 2 heads × 8, MLP 32           4 × 16        0.01M       tests, seconds
+``default``   6 layers, width 64, 4 heads × 16, MLP 128         16 × 64       0.22M       a 2-core CPU
+``gpt-30m``   8 layers, width 512, 8 heads × 64, MLP 2048       64 × 512      34M         one accelerator
+``gpt-160m``  19 layers, width 768, 12 heads × 64, MLP 3072     128 × 1024    160M        accelerators
+============  ================================================  ============  ==========  ====================
 
-The accelerator presets use a BPE of 16 384 (30M) and 32 768 (160M) ids and want a large corpus (``--data`` a
-directory of MiniPile or TinyStories text files).
+The accelerator presets compute in bfloat16, use a BPE of 16 384 (30M) and 32 768 (160M) ids (parameters counted
+with them) and want a large corpus (``--data`` a directory of MiniPile or TinyStories text files).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from energyformer.data import tokenizers
 from energyformer.data.text import TextDataConfig, check_corpus
 from energyformer.metrics import MetricsWriter
 from energyformer.models import GPTConfig
-from energyformer.studies import decoder, lis, pretrain
+from energyformer.studies import decoder, lis, pretrain, statistics
 from energyformer.train import population
 from energyformer.train.checkpoint import CheckpointConfig
 from energyformer.train.config import TrainerConfig, to_dict
@@ -129,20 +129,8 @@ def members(study: CompareStudy, arm: str) -> list[dict]:
   return [{"variant": arm_variant(arm), "seed": seed} for seed in range(study.seeds)]
 
 
-def bootstrap_mean(values, confidence: float = 0.95, resamples: int = 2000, seed: int = 0):
-  """Mean over the first axis of ``values`` (seeds, ...) and its percentile bootstrap interval: the
-  ``(1 ± confidence) / 2`` quantiles of the means of ``resamples`` resamplings of the seeds with replacement.
-  Returns ``(mean, low, high)``, each of shape ``values.shape[1:]``."""
-  values = np.asarray(values, np.float64)
-  draws = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
-  means = values[draws].mean(axis=1)
-  tail = (1 - confidence) / 2
-  return values.mean(axis=0), np.quantile(means, tail, axis=0), np.quantile(means, 1 - tail, axis=0)
-
-
-def steps_to_reach(steps, losses, target: float):
-  """The first evaluated step whose loss is at most ``target`` (None if none)."""
-  return next((int(step) for step, loss in zip(steps, losses) if loss <= target), None)
+def _finite_or_none(step: float):
+  return None if not np.isfinite(step) else int(step)
 
 
 def train_arm(study: CompareStudy, arm: str, tokenizer, out: pathlib.Path, bar) -> dict:
@@ -158,28 +146,30 @@ def train_arm(study: CompareStudy, arm: str, tokenizer, out: pathlib.Path, bar) 
 
 
 def summarize(results: list[dict], study: CompareStudy) -> list[dict]:
-  """Per arm: final validation loss and energy (mean and bootstrap interval over seeds), the paired difference of
-  the final loss from the reference arm, steps to the reference's final mean loss (mean curve, and per seed), and
-  tokens per second of the arm's program."""
-  interval = lambda values: bootstrap_mean(values, study.confidence, study.resamples)
+  """Per arm: final validation loss and depth energy (mean over seeds, bootstrap interval), the paired difference of
+  the final loss from the reference arm (``standard``, else the first), the steps to the reference's final mean loss
+  (of the arm's mean curve, and per seed: their median with its interval, ``inf`` when not reached), and tokens per
+  second of the arm's program (all seeds)."""
+  bootstrap = {"level": study.confidence, "resamples": study.resamples}
   reference = next((r for r in results if r["arm"] == REFERENCE), results[0])
-  target = float(np.mean([losses[-1] for losses in reference["val_loss"]]))
+  reference_final = [losses[-1] for losses in reference["val_loss"]]
+  target = float(np.mean(reference_final))
   rows = []
   for result in results:
-    final = np.array([losses[-1] for losses in result["val_loss"]])
-    mean, low, high = interval(final)
-    energy = interval([values[-1] for values in result["val_energy"]])
-    difference = interval(final - np.array([losses[-1] for losses in reference["val_loss"]]))
-    per_seed = [steps_to_reach(result["eval_steps"], losses, target) for losses in result["val_loss"]]
-    rows.append({"arm": result["arm"], "final_val_loss": float(mean), "final_val_loss_low": float(low),
-                 "final_val_loss_high": float(high), "difference": float(difference[0]),
-                 "difference_low": float(difference[1]), "difference_high": float(difference[2]),
-                 "steps_to_reference": steps_to_reach(result["eval_steps"], np.mean(result["val_loss"], axis=0),
-                                                      target),
-                 "seeds_reaching_reference": sum(step is not None for step in per_seed),
-                 "steps_to_reference_per_seed": per_seed,
-                 "final_val_energy": float(energy[0]), "final_val_energy_low": float(energy[1]),
-                 "final_val_energy_high": float(energy[2]),
+    final = [losses[-1] for losses in result["val_loss"]]
+    curves = np.transpose(result["val_loss"])
+    per_seed = statistics.steps_to_threshold(result["eval_steps"], curves, target, higher_is_better=False)
+    mean_curve = statistics.steps_to_threshold(result["eval_steps"], curves.mean(axis=1, keepdims=True), target,
+                                               higher_is_better=False)[0]
+    rows.append({"arm": result["arm"], **statistics.bootstrap_interval(final, **bootstrap).as_dict("final_val_loss"),
+                 **statistics.paired_difference(final, reference_final, **bootstrap).as_dict("difference"),
+                 "steps_to_reference": _finite_or_none(mean_curve),
+                 **statistics.bootstrap_interval(per_seed, statistic=np.median, **bootstrap).as_dict(
+                     "median_steps_to_reference"),
+                 "seeds_reaching_reference": int(np.isfinite(per_seed).sum()),
+                 "steps_to_reference_per_seed": [_finite_or_none(step) for step in per_seed],
+                 **statistics.bootstrap_interval([values[-1] for values in result["val_energy"]],
+                                                 **bootstrap).as_dict("final_val_energy"),
                  "tokens_per_second": study.seeds * study.tokens_per_step / result["seconds_per_step"],
                  "ms_per_step": 1000 * result["seconds_per_step"]})
   return rows
@@ -199,13 +189,15 @@ def format_table(rows: list[dict], study: CompareStudy, unit: str) -> str:
   """The summary as a Markdown table."""
   level = f"{study.confidence:.0%}"
   lines = [f"| arm | final val loss ({unit}), {level} CI | difference from {REFERENCE}, {level} CI | "
-           f"steps to {REFERENCE}'s final loss (seeds) | depth energy / token | tokens/s (all seeds) |",
+           f"steps to {REFERENCE}'s final loss: mean curve; median of seeds (seeds reaching) | depth energy / token | "
+           "tokens/s (all seeds) |",
            "|---|---|---|---|---|---|"]
   for r in rows:
     reached = "—" if r["steps_to_reference"] is None else str(r["steps_to_reference"])
+    median = "—" if not np.isfinite(r["median_steps_to_reference"]) else f"{r['median_steps_to_reference']:.0f}"
     lines.append(f"| {r['arm']} | {r['final_val_loss']:.4f} [{r['final_val_loss_low']:.4f}, "
                  f"{r['final_val_loss_high']:.4f}] | {r['difference']:+.4f} [{r['difference_low']:+.4f}, "
-                 f"{r['difference_high']:+.4f}] {verdict(r)} | {reached} ({r['seeds_reaching_reference']}/"
+                 f"{r['difference_high']:+.4f}] {verdict(r)} | {reached}; {median} ({r['seeds_reaching_reference']}/"
                  f"{study.seeds}) | {r['final_val_energy']:.2f} | {r['tokens_per_second']:.0f} |")
   return "\n".join(lines)
 
@@ -218,7 +210,9 @@ def plot(results: list[dict], rows: list[dict], study: CompareStudy, path, unit:
 
   fig, (curves, finals) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [2, 1]})
   for result in results:
-    mean, low, high = bootstrap_mean(result["val_loss"], study.confidence, study.resamples)
+    bands = [statistics.bootstrap_interval(column, level=study.confidence, resamples=study.resamples)
+             for column in np.transpose(result["val_loss"])]
+    mean, low, high = ([getattr(band, name) for band in bands] for name in ("estimate", "low", "high"))
     curves.plot(result["eval_steps"], mean, label=result["arm"])
     curves.fill_between(result["eval_steps"], low, high, alpha=0.2)
   curves.set(xlabel="training step", ylabel=f"validation loss ({unit})", title=title)
@@ -288,7 +282,7 @@ PRESETS = {
         steps=20_000, batch_size=64, optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=1000),
         eval_every=500, eval_sequences=2048, steps_per_call=50, compute_dtype="bfloat16", checkpoint_every=2000),
     "gpt-160m": CompareStudy(
-        GPTConfig(pretrain.VOCAB_SIZE, 1024, dim=768, num_heads=12, head_dim=64, depth=16, mlp_hidden=3072),
+        GPTConfig(pretrain.VOCAB_SIZE, 1024, dim=768, num_heads=12, head_dim=64, depth=19, mlp_hidden=3072),
         TextDataConfig(sequence_length=1024, shuffle_window=4096, num_threads=16, prefetch=16),
         tokenizer="bpe:32768", steps=50_000, batch_size=128,
         optimizer=OptimizerConfig(learning_rate=6e-4, warmup_steps=2000), eval_every=1000, eval_sequences=4096,

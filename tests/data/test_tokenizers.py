@@ -66,6 +66,7 @@ def test_run_tokenizer_reuses_the_saved_one_and_refuses_another_kind(bpe, tmp_pa
     tokenizers.run_tokenizer("bytes", tmp_path, lambda: iter(TEXTS))
 
 
+@pytest.mark.slow
 def test_bpe_pretraining_saves_its_tokenizer_and_resumes_with_it(tmp_path):
   corpus = write_corpus(tmp_path / "corpus", num_files=10)
   config = dataclasses.replace(tiny_config(corpus, tmp_path / "datasets", steps=4, every=2), tokenizer="bpe:320")

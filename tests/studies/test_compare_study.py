@@ -1,5 +1,6 @@
 """``energyformer compare``: a tiny comparison's outputs, each population member against the same member trained
-alone, and the statistics against hand-computed values."""
+alone (both end to end, marked slow: two compilations of populations), and the summary against hand-computed
+values."""
 from __future__ import annotations
 
 import dataclasses
@@ -30,6 +31,7 @@ def tiny(tmp_path_factory):
   return study, rows, root / "out"
 
 
+@pytest.mark.slow
 def test_compare_writes_curves_intervals_and_the_table(tiny, capsys):
   study, rows, out = tiny
   results = json.loads((out / "results.json").read_text())
@@ -48,6 +50,7 @@ def test_compare_writes_curves_intervals_and_the_table(tiny, capsys):
   assert "| momentum |" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_each_member_equals_the_same_member_trained_alone(tiny):
   study, _, out = tiny
   results = json.loads((out / "results.json").read_text())
@@ -71,16 +74,22 @@ def test_arms_name_their_variant_and_energy_weight():
     dataclasses.replace(study, energy_weight=0.0)
 
 
-def test_bootstrap_and_steps_to_reach_against_hand_computed_values():
-  # Two seeds, values 1 and 3: resampled means are 1, 2, 3 with probabilities 1/4, 1/2, 1/4.
-  mean, low, high = compare.bootstrap_mean([1.0, 3.0], confidence=0.95, resamples=4000)
-  assert (mean, low, high) == (2.0, 1.0, 3.0)
-  mean, low, high = compare.bootstrap_mean([1.0, 3.0], confidence=0.4, resamples=4000)
-  assert low == high == 2.0                                  # the central 40 % holds only the mean 2
-  curves = compare.bootstrap_mean([[5.0, 4.0], [5.0, 4.0]])
-  np.testing.assert_array_equal(curves, [[5.0, 4.0]] * 3)    # identical seeds: no spread
-  assert compare.steps_to_reach([10, 20, 30], [3.0, 2.5, 2.0], 2.5) == 20
-  assert compare.steps_to_reach([10, 20], [3.0, 2.6], 2.5) is None
-  row = {"arm": "momentum", "difference_low": -0.2, "difference_high": -0.1}
-  assert compare.verdict(row) == "lower"
-  assert compare.verdict({**row, "difference_high": 0.1}) == "no detectable difference"
+def test_summary_against_hand_computed_values():
+  study = dataclasses.replace(compare.PRESETS["tiny"], arms=("standard", "momentum"), resamples=4000)
+  runs = [{"arm": "standard", "eval_steps": [10, 20], "val_loss": [[3.0, 2.0], [3.0, 2.2]],
+           "val_energy": [[-1.0, -2.0], [-1.0, -4.0]], "seconds_per_step": 0.5},
+          {"arm": "momentum", "eval_steps": [10, 20], "val_loss": [[2.5, 2.0], [2.0, 1.9]],
+           "val_energy": [[-1.0, -3.0], [-1.0, -3.0]], "seconds_per_step": 0.25}]
+  standard, momentum = compare.summarize(runs, study)          # target: standard's final mean loss, 2.1
+  assert standard["final_val_loss"] == pytest.approx(2.1) and standard["difference"] == 0.0
+  assert standard["steps_to_reference_per_seed"] == [20, None] and standard["steps_to_reference"] == 20
+  assert standard["final_val_energy"] == -3.0 and (standard["final_val_energy_low"], standard["final_val_energy_high"]
+                                                   ) == (-4.0, -2.0)
+  assert momentum["steps_to_reference_per_seed"] == [20, 10] and momentum["steps_to_reference"] == 20
+  assert momentum["median_steps_to_reference"] == 15.0
+  # paired differences 0 and −0.3: resampled means −0.3, −0.15, 0 with probabilities 1/4, 1/2, 1/4
+  assert momentum["difference"] == pytest.approx(-0.15)
+  assert (momentum["difference_low"], momentum["difference_high"]) == pytest.approx((-0.3, 0.0))
+  assert compare.verdict(momentum) == "no detectable difference" and compare.verdict(standard) == "reference"
+  assert compare.verdict({**momentum, "difference_high": -0.1}) == "lower"
+  assert momentum["tokens_per_second"] == 2 * study.tokens_per_step / 0.25

@@ -329,7 +329,8 @@ def _options(command) -> None:
 @cli.command("compare", help="pretrain several attention variants x seeds on the same text and budget; loss curves "
                              "with bootstrap intervals", options=_options)
 def _command(args) -> None:
-  study = study_from_args(args)
-  check_corpus(study.data)
+  with cli.user_settings():
+    study = study_from_args(args)
+    check_corpus(study.data)
   lis.split_cpu(study.devices)
   run(study, args.out)

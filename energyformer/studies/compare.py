@@ -231,15 +231,13 @@ def plot(results: list[dict], rows: list[dict], study: CompareStudy, path, unit:
 
 
 def run(study: CompareStudy, out_dir="runs/compare") -> list[dict]:
-  """Trains every arm (the tokenizer first, trained on the training split or reloaded from ``out_dir``), prints the
-  table and writes ``results.json``, ``results.csv``, ``val_loss.png`` and each arm's ``metrics.jsonl`` and
-  ``tensorboard/``. Rerunning into the same directory resumes arms from their checkpoints
-  (``checkpoint_every``)."""
+  """Trains every arm (the tokenizer first, trained on the training split or reloaded from ``out_dir``), writes
+  each arm's ``metrics.jsonl`` and ``tensorboard/``, then the ``report``. Rerunning into the same directory resumes
+  arms from their checkpoints (``checkpoint_every``)."""
   out = pathlib.Path(out_dir)
   pretrain.prepare_corpus(study.data)
   base = pretrain.TextTask(study.model, study.data)
   tokenizer = pretrain.with_tokenizer(base, study.tokenizer, out).tokenizer
-  unit = tokenizers.loss_unit(tokenizer)
   parameters = pretrain.parameter_count(arm_task(study, REFERENCE, tokenizer).model)
   print(f"comparing {', '.join(study.arms)}: {study.seeds} seeds each, a {study.model.depth}-layer decoder "
         f"({parameters / 1e6:.2f}M parameters, {tokenizers.tokenizer_name(tokenizer)} tokens) on "
@@ -248,6 +246,13 @@ def run(study: CompareStudy, out_dir="runs/compare") -> list[dict]:
   with tqdm(total=study.steps * len(study.arms), desc="compare", unit="step") as bar:
     for arm in study.arms:
       results.append(train_arm(study, arm, tokenizer, out, bar))
+  return report(results, study, out, tokenizer, parameters)
+
+
+def report(results: list[dict], study: CompareStudy, out: pathlib.Path, tokenizer, parameters: int) -> list[dict]:
+  """From the arms' ``train_arm`` results: prints the table and writes ``results.md``, ``results.csv``,
+  ``results.json`` and ``val_loss.png`` to ``out``; returns the summary rows."""
+  unit = tokenizers.loss_unit(tokenizer)
   rows = summarize(results, study)
   table = format_table(rows, study, unit)
   print("\n" + table)

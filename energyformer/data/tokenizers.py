@@ -153,8 +153,8 @@ def load_tokenizer(run_dir) -> ByteTokenizer | BPETokenizer:
 
 def run_tokenizer(spec: str, run_dir, training_texts) -> ByteTokenizer | BPETokenizer:
   """The tokenizer of a run in ``run_dir``: the saved one when the directory has it (a resumed run; it must be of
-  ``spec``'s kind, a BPE no larger than asked: a small corpus may give fewer merges), else ``spec``'s, a BPE trained on ``training_texts()`` (an iterable of documents of the
-  training split), saved there."""
+  ``spec``'s kind, a BPE no larger than asked: a small corpus may give fewer merges), else ``spec``'s, a BPE trained
+  on ``training_texts()`` (an iterable of documents of the training split), saved there."""
   kind, size = parse_tokenizer(spec)
   if (pathlib.Path(run_dir) / FILE_NAME).is_file():
     saved = load_tokenizer(run_dir)

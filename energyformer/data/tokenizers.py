@@ -6,9 +6,9 @@ round-trips exactly), merges learnt by the BPE trainer on the documents of the t
 ``max_bytes``; deterministic), and one special token, end-of-document, with id 0.
 
 A run directory holds its tokenizer in ``tokenizer.json`` (``save_tokenizer``); ``load_tokenizer(run_dir)`` reads it
-back, and a directory without one is a byte-level run. Every tokenizer offers ``encode(text) -> int32 ids`` (the
-end-of-document id appended), ``decode(ids) -> str`` (special and padding ids skipped), ``vocab_size``, ``eos_id``,
-``name`` and ``identity()`` (what a checkpoint must match).
+back, and a directory without one is a byte-level run. Every tokenizer offers ``encode(text, add_end=True) -> int32
+ids`` (the end-of-document id appended unless ``add_end=False``), ``decode(ids) -> str`` (special and padding ids
+skipped), ``vocab_size`` and ``eos_id``; ``tokenizer_name`` and ``identity`` describe either kind.
 """
 from __future__ import annotations
 
@@ -69,11 +69,12 @@ class BPETokenizer:
   def name(self) -> str:
     return f"{BPE}:{self.vocab_size}"
 
-  def encode(self, text: bytes | str) -> np.ndarray:
-    """The ids of ``text`` (bytes are read as UTF-8, invalid sequences as U+FFFD) then end-of-document, int32."""
+  def encode(self, text: bytes | str, *, add_end: bool = True) -> np.ndarray:
+    """The ids of ``text`` (bytes are read as UTF-8, invalid sequences as U+FFFD), then end-of-document unless
+    ``add_end=False`` (a prompt to continue), int32."""
     text = text.decode("utf-8", errors="replace") if isinstance(text, (bytes, bytearray)) else text
     ids = _backend(self.serialized).encode(text, add_special_tokens=False).ids
-    return np.asarray(ids + [self.eos_id], np.int32)
+    return np.asarray(ids + [self.eos_id] * add_end, np.int32)
 
   def decode(self, tokens) -> str:
     """The text of ``tokens``, skipping end-of-document and ids beyond the vocabulary (a padded model's)."""

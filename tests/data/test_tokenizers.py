@@ -24,6 +24,7 @@ def test_bpe_round_trips_any_text_and_ends_documents(bpe):
   ids = bpe.encode(text)
   assert ids.dtype == np.int32 and ids[-1] == bpe.eos_id and bpe.eos_id not in ids[:-1]
   assert bpe.decode(ids) == text
+  np.testing.assert_array_equal(bpe.encode(text, add_end=False), ids[:-1])
   assert bpe.decode(np.append(ids, bpe.vocab_size + 3)) == text          # padding ids of a larger embedding
   assert len(bpe.encode(TEXTS[0])) < len(TEXTS[0].encode()) / 2          # merges learnt from the corpus compress it
   assert bpe.decode(bpe.encode(b"\xff bytes")) == "\ufffd bytes"         # invalid UTF-8 as in ByteTokenizer.decode

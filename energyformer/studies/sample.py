@@ -1,13 +1,12 @@
 """Sampling text from a pretraining run: the ``energyformer sample`` command.
 
 ``load_run`` rebuilds the decoder a run trained (its configuration is saved with every checkpoint) and restores
-the parameters of a checkpoint; the tokenizer is the run's (``run_tokenizer``). A
+the parameters of a checkpoint; the tokenizer is the one saved in the run directory (``data.tokenizers``). A
 prompt is continued as the start of a document: the end-of-document id, which precedes every document in the
 packed training stream, then the prompt's ids without an end-of-document id of their own.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 
@@ -19,7 +18,7 @@ from flax import nnx
 
 from energyformer import cli
 from energyformer.checks import check_positive_int
-from energyformer.data.text import ByteTokenizer
+from energyformer.data import tokenizers
 from energyformer.models import GPT, GPTConfig
 from energyformer.models.decode import cache_support, check_sampling, generate
 from energyformer.studies.decoder import decoder_config
@@ -73,16 +72,6 @@ def load_run(run_dir, *, step: int | None = None, member: int = 0) -> tuple[GPT,
   return nnx.merge(graph, jax.tree.map(lambda x: x[member], restored["state"])), step
 
 
-def run_tokenizer(run_dir):
-  """The tokenizer of the run in ``run_dir``: bytes, unless its ``tokenizer.json`` names another kind, which is
-  refused."""
-  path = pathlib.Path(run_dir) / "tokenizer.json"
-  kind = json.loads(path.read_text()).get("kind") if path.is_file() else "bytes"
-  if kind != "bytes":
-    raise ValueError(f"{path} describes a {kind!r} tokenizer; sampling reads byte-level runs only.")
-  return ByteTokenizer()
-
-
 def prompt_tokens(tokenizer, prompt: str) -> np.ndarray:
   """The ids (1, P) of ``prompt`` as the start of a document: end-of-document, then the prompt without one."""
   return np.concatenate([[tokenizer.eos_id], tokenizer.encode(prompt, add_end=False)]).astype(np.int32)[None]
@@ -102,7 +91,10 @@ def prepare(run_dir, prompt: str, num_tokens: int | None = None, *, step: int | 
   if num_tokens is not None:
     check_positive_int("num_tokens", num_tokens)
   model, step = load_run(run_dir, step=step)
-  tokenizer = run_tokenizer(run_dir)
+  tokenizer = tokenizers.load_tokenizer(run_dir)
+  if tokenizer.vocab_size > model.config.vocab_size:
+    raise ValueError(f"the run's tokenizer has {tokenizer.vocab_size} ids but its model only "
+                     f"{model.config.vocab_size}; {run_dir}/{tokenizers.FILE_NAME} is not this run's tokenizer.")
   ids = prompt_tokens(tokenizer, prompt)
   room = model.config.context_length - ids.shape[1]
   num_tokens = room if num_tokens is None else num_tokens

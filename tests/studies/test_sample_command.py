@@ -1,5 +1,5 @@
-"""``energyformer sample``: a checkpoint's decoder loaded back, prompts without a stray end-of-document, and bad
-runs refused."""
+"""``energyformer sample``: a checkpoint's decoder and tokenizer loaded back, prompts without a stray
+end-of-document, and bad runs refused."""
 import re
 
 import grain
@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from energyformer import cli
+from energyformer.data import tokenizers
 from energyformer.data.text import ByteTokenizer
 from energyformer.models import GPT, GPTConfig, generate
 from energyformer.studies import pretrain, sample
@@ -59,6 +60,20 @@ def test_loaded_decoder_continues_like_the_saved_one(saved_run, capsys):
   expected = sample.continuation(ByteTokenizer(), generate(loaded, prompt, 4)[0, 3:])
   cli.main(["sample", "--run", str(out), "--prompt", "ab", "--num-tokens", "4", "--temperature", "0"])
   assert capsys.readouterr().out.startswith(f"ab{expected}\n-- step 5 of {out}, 4 tokens by cached contexts")
+
+
+def test_prompts_are_read_with_the_runs_tokenizer(saved_run):
+  """A BPE tokenizer saved in the run directory encodes the prompt (end-of-document first, none after it)."""
+  out, _ = saved_run
+  bpe = tokenizers.train_bpe(["energy state energy token state step"] * 20, 270)
+  path = tokenizers.save_tokenizer(out, bpe)
+  try:
+    _, _, tokenizer, ids, count = sample.prepare(out, "energy state", 2)
+  finally:
+    path.unlink()
+  assert tokenizer == bpe and count == 2
+  assert ids.tolist() == [[bpe.eos_id, *bpe.encode("energy state", add_end=False).tolist()]]
+  assert len(ids[0]) < len("energy state")
 
 
 @pytest.mark.parametrize("arguments, message", [

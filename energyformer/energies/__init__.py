@@ -3,6 +3,8 @@ from energyformer.energies import masks
 from energyformer.energies.aggregate import Discounted, Gated, Helmholtz, PlainSum, decayed_sum
 from energyformer.energies.attention import Interaction
 from energyformer.energies.base import EnergySum, FunctionEnergy, energy
+from energyformer.energies.dplr import DPLRInteraction
+from energyformer.energies.gated_potential import GatedPotential
 from energyformer.energies.lagrangians import LayerNormLagrangian, RMSLagrangian, activation
 from energyformer.energies.local import elastic, huber, inner_product, lp, pairwise, quadratic
 from energyformer.energies.memory import HopfieldLogSumExp, HopfieldReLU2, Potential

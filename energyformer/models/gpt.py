@@ -115,13 +115,18 @@ def _block_and_hparams(config: GPTConfig):
   else:
     layer = Split((attention, mlp_layer(config)), config.splitting)
   hparams = attention_hparams(config)
-  if layer is attention:
+  if _holds(layer, attention):
     return layer, hparams
   parts = getattr(layer, "parts", ())
-  if not any(part is attention for part in parts):
-    raise ValueError(f"variant {config.variant!r}: its block must be the attention layer it is given or a Split "
-                     "with that layer as one part.")
-  return layer, tuple(hparams if part is attention else part.default_hparams() for part in parts)
+  if not any(_holds(part, attention) for part in parts):
+    raise ValueError(f"variant {config.variant!r}: its block must be the attention layer it is given (or a wrapper "
+                     "of it, `wrapper.layer`) or a Split with that layer as one part.")
+  return layer, tuple(hparams if _holds(part, attention) else part.default_hparams() for part in parts)
+
+
+def _holds(part, attention) -> bool:
+  """Whether ``part`` is the attention layer or wraps it as ``part.layer`` (e.g. ``solvers.Preconditioned``)."""
+  return part is attention or getattr(part, "layer", None) is attention
 
 
 def _param(rngs, shape, axes, stddev):

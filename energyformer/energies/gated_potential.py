@@ -41,8 +41,10 @@ GATES = {"silu": jax.nn.silu, "sigmoid": jax.nn.sigmoid, "gelu": functools.parti
 @dataclasses.dataclass(frozen=True)
 class GatedPotential:
   """``F(x; c) = −Σ_n Σ_μ g(c_n·v_μ) Φ(x_n·w_μ)`` (module docstring): shared projection ``up`` = ``W`` (M, D),
-  gate projection ``gate`` = ``V`` (M, D). ``x`` (N, D) and the context ``c`` (N, D) pair token by token (the
-  gate of token n reads ``c_n``); the mask is ignored (the energy is a sum of per-token terms)."""
+  gate projection ``gate`` = ``V`` (M, D). The gate of token n reads its own context row ``c_n``: without a mask
+  the context is the tokens' own (L = N rows), with a mask (N, L) it is the last row token n sees (under a causal
+  mask its own position, in a layer as in incremental decoding from cached rows), and a token that sees no row
+  contributes nothing. The energy is a sum of per-token terms: token n's field depends on no other token."""
 
   dim: int
   hidden: int
@@ -67,8 +69,20 @@ class GatedPotential:
     return GATES[self.gate](context @ params["gate"].T)
 
   def __call__(self, params, x, context, mask=None):
-    del mask
-    if jnp.shape(context)[:-1] != jnp.shape(x)[:-1]:
-      raise ValueError(f"GatedPotential gates each token by its own context token, so x and context need the same "
-                       f"number of tokens; got x {jnp.shape(x)} and context {jnp.shape(context)}.")
-    return -jnp.sum(self.gates(params, context) * GATED_POTENTIALS[self.potential](x @ params["up"].T))
+    gates = self.gates(params, own_rows(x, context, mask))
+    if mask is not None:
+      gates = jnp.where(jnp.any(mask, axis=-1, keepdims=True), gates, 0.0)
+    return -jnp.sum(gates * GATED_POTENTIALS[self.potential](x @ params["up"].T))
+
+
+def own_rows(x, context, mask):
+  """Each token's own context row (N, D): ``context`` itself without a mask (then L = N), else row
+  ``max{m : mask[n, m]}`` for token n (the diagonal of a causal mask)."""
+  if mask is None:
+    if jnp.shape(context)[0] != jnp.shape(x)[0]:
+      raise ValueError(f"without a mask each token's context row is its own, so x and context need the same number "
+                       f"of tokens; got x {jnp.shape(x)} and context {jnp.shape(context)}. Pass the (N, L) mask "
+                       "saying which rows each token sees.")
+    return context
+  last_visible = jnp.shape(mask)[-1] - 1 - jnp.argmax(mask[:, ::-1], axis=-1)
+  return context[last_visible]

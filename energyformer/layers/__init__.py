@@ -2,5 +2,6 @@
 from energyformer.layers.derive import (MODES, Layer, full_gradient, relaxed_gradient, score_relaxed_field,
                                        tied_gradient)
 from energyformer.layers.modules import EnergyLayer, EnergyStack, Fixed, Hyperparameter, unwrap
+from energyformer.layers.preconditioned import Preconditioned
 from energyformer.layers.split import Split
 from energyformer.layers.stack import Rollout, unroll

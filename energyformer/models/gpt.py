@@ -119,14 +119,15 @@ def _block_and_hparams(config: GPTConfig):
     return layer, hparams
   parts = getattr(layer, "parts", ())
   if not any(_holds(part, attention) for part in parts):
-    raise ValueError(f"variant {config.variant!r}: its block must be the attention layer it is given (or a wrapper "
-                     "of it, `wrapper.layer`) or a Split with that layer as one part.")
+    raise ValueError(f"variant {config.variant!r}: its block must be the attention layer it is given (or a layer "
+                     "stepping on its energy, e.g. layers.Preconditioned.of(attention)) or a Split with that layer as "
+                     "one part.")
   return layer, tuple(hparams if _holds(part, attention) else part.default_hparams() for part in parts)
 
 
 def _holds(part, attention) -> bool:
-  """Whether ``part`` is the attention layer or wraps it as ``part.layer`` (e.g. ``solvers.Preconditioned``)."""
-  return part is attention or getattr(part, "layer", None) is attention
+  """Whether ``part`` is the attention layer or a layer stepping on its energy object (``Preconditioned.of``)."""
+  return part is attention or getattr(part, "energy", None) is attention.energy
 
 
 def _param(rngs, shape, axes, stddev):

@@ -6,6 +6,6 @@ from energyformer.solvers.second_order import hessian_vector_product, light_newt
 from energyformer.solvers.stochastic import langevin
 from energyformer.solvers.yurii import velocity_norm, yurii_nesterov, yurii_polyak
 from energyformer.solvers.adaptive import accumulated_momentum, adaptive_rmsprop, adaptive_rmsprop_momentum
-from energyformer.solvers.preconditioned import (Preconditioned, apply_preconditioner, precondition,
-                                                preconditioner_matrix)
+from energyformer.solvers.preconditioned import (apply_preconditioner, precondition, preconditioner_matrix,
+                                                preconditioner_specs)
 from energyformer.solvers.recursive import recursive, repeat

@@ -48,16 +48,22 @@ def test_dplr_energy_and_tied_field_are_the_interaction_matrix_closed_forms():
     params = _params(energy, 0)
     params["diagonal"] = jax.random.normal(jax.random.key(1), (H, D), jnp.float64)
     x, mask = _tokens(2), masks.causal(N)
-    expected_energy, expected_field = _dplr_reference(params, x, mask)
-    np.testing.assert_allclose(energy(params, x, x, mask), expected_energy, **TOL)
-    np.testing.assert_allclose(Layer(energy, "gd", "tied").gradient({"energy": params}, x, mask), expected_field,
-                               **TOL)
-    np.testing.assert_allclose(jax.grad(lambda z: energy(params, z, x, mask))(x), expected_field, **TOL)
     low_rank = {**params, "diagonal": jnp.zeros((H, D), jnp.float64)}
     tied = energies.Interaction(D, H, DH)
-    np.testing.assert_allclose(energy.tied_field(low_rank, x, mask, x),
-                               tied.tied_field({k: low_rank[k] for k in tied.specs()}, x, mask, x), **TOL)
-    np.testing.assert_allclose(energy.tied_field(low_rank, x, mask, x), _dplr_reference(low_rank, x, mask)[1], **TOL)
+
+    @jax.jit
+    def computed(params, low_rank, x):
+      return (energy(params, x, x, mask), Layer(energy, "gd", "tied").gradient({"energy": params}, x, mask),
+              jax.grad(lambda z: energy(params, z, x, mask))(x), energy.tied_field(low_rank, x, mask, x),
+              tied.tied_field({k: low_rank[k] for k in tied.specs()}, x, mask, x))
+
+    value, field, grad, low_rank_field, tied_field = computed(params, low_rank, x)
+    expected_energy, expected_field = _dplr_reference(params, x, mask)
+    np.testing.assert_allclose(value, expected_energy, **TOL)
+    np.testing.assert_allclose(field, expected_field, **TOL)
+    np.testing.assert_allclose(grad, expected_field, **TOL)
+    np.testing.assert_allclose(low_rank_field, tied_field, **TOL)
+    np.testing.assert_allclose(low_rank_field, _dplr_reference(low_rank, x, mask)[1], **TOL)
 
 
 def test_dplr_refuses_a_non_bilinear_local_energy():
@@ -81,12 +87,12 @@ def test_gated_potential_tied_field_is_a_shared_projection_gated_mlp(potential, 
     x, c = _tokens(4), _tokens(5)
     w, v = np.asarray(params["up"]), np.asarray(params["gate"])
     big_phi, phi = PHI[potential]
-    expected = -np.sum(GATE[gate](np.asarray(c) @ v.T) * big_phi(np.asarray(x) @ w.T))
-    np.testing.assert_allclose(energy(params, x, c), expected, **TOL)
+    fields = {mode: Layer(energy, "gd", mode) for mode in ("tied", "full")}
+    value, tied, full = jax.jit(lambda p, x, c: (energy(p, x, c), fields["tied"].gradient({"energy": p}, x),
+                                                  fields["full"].gradient({"energy": p}, x)))(params, x, c)
+    np.testing.assert_allclose(value, -np.sum(GATE[gate](np.asarray(c) @ v.T) * big_phi(np.asarray(x) @ w.T)), **TOL)
     gated = GATE[gate](np.asarray(x) @ v.T) * phi(np.asarray(x) @ w.T)
-    tied = Layer(energy, "gd", "tied").gradient({"energy": params}, x)
     np.testing.assert_allclose(tied, -gated @ w, **TOL)
-    full = Layer(energy, "gd", "full").gradient({"energy": params}, x)
     assert np.max(np.abs(np.asarray(full) - np.asarray(tied))) > 1e-3
 
 
@@ -97,4 +103,21 @@ def test_gated_potential_refuses_bad_options():
     energies.GatedPotential(D, HIDDEN, gate="tanh")
   energy = energies.GatedPotential(D, HIDDEN)
   with pytest.raises(ValueError, match="same number of tokens"):
-    energy(energies.init_params(energy.specs(), jax.random.key(0)), jnp.ones((3, D)), jnp.ones((4, D)))
+    energy(energies.init_params(energy.specs(), jax.random.key(0)), jnp.ones((4, D)), jnp.ones((3, D)))
+
+
+def test_gated_potential_gate_reads_each_tokens_own_context_row():
+  """Under a mask the gate of token n reads the last row it sees: with a causal mask over the tokens themselves, or
+  with the tokens placed after a prefix of other rows (incremental decoding), the tied field is the unmasked one;
+  a token that sees nothing contributes nothing."""
+  with jax.enable_x64(True):
+    energy = energies.GatedPotential(D, HIDDEN)
+    params = _params(energy, 6)
+    x, prefix = _tokens(7), _tokens(8, n=3)
+    field = jax.jit(lambda context, mask: jax.grad(lambda z: energy(params, z, context, mask))(x))
+    unmasked = field(x, None)
+    np.testing.assert_allclose(field(x, masks.causal(N)), unmasked, **TOL)
+    after_prefix = jnp.arange(3 + N)[None, :] <= 3 + jnp.arange(N)[:, None]
+    np.testing.assert_allclose(field(jnp.concatenate([prefix, x]), after_prefix), unmasked, **TOL)
+    blind = masks.causal(N).at[2].set(False)
+    np.testing.assert_allclose(field(x, blind)[2], 0.0, atol=0)

@@ -9,7 +9,7 @@ from flax import nnx
 
 from energyformer import energies, solvers
 from energyformer.energies import masks
-from energyformer.layers import EnergyStack, Layer, Split
+from energyformer.layers import EnergyStack, Layer, Preconditioned, Split
 
 D, H, DH, N, RANK = 6, 2, 3, 5, 2
 
@@ -39,7 +39,7 @@ def test_preconditioner_is_positive_definite_and_applied_as_a_matrix():
 
 
 def _preconditioned_layer(eta, mode="full"):
-  layer = solvers.Preconditioned(Layer(_energy(), "gd", mode), RANK)
+  layer = Preconditioned.of(Layer(_energy(), "gd", mode), RANK)
   return layer, layer.default_hparams(eta=eta)
 
 
@@ -59,7 +59,7 @@ def test_preconditioned_step_is_x_minus_eta_p_grad_and_never_raises_the_energy()
       return layer.step(params, hparams, x, layer.init_state(x), mask)[0]
 
     def descent(params, x):
-      gradient = layer.layer.gradient(params, x, mask)
+      gradient = Layer(_energy(), "gd", "full").gradient(params, x, mask)
       expected = x - hparams["eta"] * gradient @ solvers.preconditioner_matrix(params["preconditioner"]).T
       moved = step(params, x)
       energy = lambda z: layer.energy_value(params, z, mask)
@@ -77,35 +77,49 @@ def test_a_stack_learns_one_preconditioner_per_layer_beside_the_energy():
   """In an EnergyStack of depth 3 (a Strang splitting) each layer has its own P (leading layer axis), trained
   (nnx.Param), starting with D = I."""
   layer, _ = _preconditioned_layer(0.1, "tied")
-  stack = EnergyStack(Split((layer, Layer(energies.GatedPotential(D, 8), "gd", "tied")), "strang"), 3,
-                      rngs=nnx.Rngs(0))
+  split = Split((layer, Layer(energies.GatedPotential(D, 8), "gd", "tied")), "strang")
+  stack = nnx.eval_shape(lambda: EnergyStack(split, 3, rngs=nnx.Rngs(0)))
   preconditioner = stack.params[0]["preconditioner"]
   assert isinstance(preconditioner["low_rank"], nnx.Param)
   assert preconditioner["diagonal"].shape == (3, D) and preconditioner["low_rank"].shape == (3, D, RANK)
-  np.testing.assert_allclose(jax.nn.softplus(preconditioner["diagonal"][...]), 1.0, rtol=1e-6)
+  diagonal_init = layer.specs()["preconditioner"]["diagonal"].init(None, (D,), jnp.float32)
+  np.testing.assert_allclose(jax.nn.softplus(diagonal_init), 1.0, rtol=1e-6)
 
 
 def _tied_layer(solver):
   return Layer(_energy(), solver, "tied")
 
 
-@pytest.mark.parametrize("name", ["gd", "momentum"])
-def test_recursive_steps_equal_explicit_steps_of_the_same_layer(name):
-  """``repeat(solver, 3)`` (and the registered ``recursive``) is three steps of the layer with the same
-  parameters and hyperparameters, the solver state threaded through them."""
+@pytest.mark.parametrize("name, hold_context", [("gd", True), ("momentum", True), ("momentum", False)])
+def test_recursive_steps_equal_explicit_steps_of_the_same_layer(name, hold_context):
+  """``repeat(solver, 3, hold_context)`` (and the registered ``recursive``) is three steps of the layer with the
+  same parameters and hyperparameters, the solver state threaded through them, against the context at the layer's
+  input (``hold_context``) or at each step's input."""
   with jax.enable_x64(True):
-    once, thrice = _tied_layer(solvers.get(name, eta=0.3)), _tied_layer(solvers.repeat(solvers.get(name), 3))
-    registered = _tied_layer(solvers.get("recursive", solver=name, steps=3, eta=0.3))
+    once = _tied_layer(solvers.get(name, eta=0.3))
+    thrice = _tied_layer(solvers.repeat(solvers.get(name), 3, hold_context))
+    registered = _tied_layer(solvers.get("recursive", solver=name, steps=3, hold_context=hold_context, eta=0.3))
     params = energies.init_params(once.specs(), jax.random.key(0), jnp.float64)
     x, mask = jax.random.normal(jax.random.key(1), (N, D), jnp.float64), masks.causal(N)
-    expected, state = x, once.init_state(x)
-    for _ in range(3):
-      expected, state = once.step(params, once.default_hparams(), expected, state, mask)
+
+    @jax.jit
+    def explicit(params, x):
+      context = (lambda g: x) if hold_context else None
+      z, state = x, once.init_state(x)
+      for _ in range(3):
+        z, state = once.step(params, once.default_hparams(), z, state, mask, context)
+      return z, state
+
+    expected, state = explicit(params, x)
     for layer in (thrice, registered):
-      got, got_state = layer.step(params, layer.default_hparams(eta=0.3), x, layer.init_state(x), mask)
+      got, got_state = jax.jit(lambda p, x: layer.step(p, layer.default_hparams(eta=0.3), x, layer.init_state(x),
+                                                       mask))(params, x)
       np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12), got_state, state)
     assert registered.solver.defaults["eta"] == 0.3 and registered.solver.step_sizes == ("eta",)
+    moving = _tied_layer(solvers.repeat(solvers.get(name), 3, not hold_context))
+    other = moving.step(params, moving.default_hparams(eta=0.3), x, moving.init_state(x), mask)[0]
+    assert np.max(np.abs(np.asarray(other) - np.asarray(expected))) > 1e-6   # the context choice matters
 
 
 def test_repeat_refuses_a_non_positive_number_of_steps():

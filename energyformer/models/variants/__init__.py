@@ -35,7 +35,7 @@ class Variant:
 
   ``block(config, attention) -> layer``, if given, builds the whole depth step around ``attention`` (the variant's
   attention ``Layer`` at pre-normalised tokens): a ``Layer``, or a ``Split`` one of whose parts is ``attention``
-  (either may be a wrapper holding it as ``.layer``, e.g. ``solvers.Preconditioned(attention)``).
+  (or, in its place, a layer stepping on the same energy object, e.g. ``layers.Preconditioned.of(attention)``).
   Without it the step is ``attention`` then the MLP that ``config.mlp`` names (``models.gpt.block``).
   The variant's hyperparameters (``GPTConfig.hparams``, sweeps) are those of ``solver``: they set the attention
   part's; every other part keeps its own solver's defaults. ``learn_hparams``: each layer learns its own values of

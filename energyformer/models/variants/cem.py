@@ -5,17 +5,17 @@ are the key projection and whose output is the query projection transposed (``ce
 ``W^Q W^Kᵀ + diag(d)``, ``energies.DPLRInteraction``); the MLP is the tied step on the gated element-wise energy
 ``energies.GatedPotential``, a SwiGLU-type gated MLP whose down projection is its up projection transposed.
 ``cem_precond`` steps each sublayer along ``P ∇E`` with its own learned ``P = D + U Uᵀ``
-(``solvers.Preconditioned``), ``cem_recursive`` takes each sublayer's step twice with the same weights
-(``solvers.repeat``). Both sublayers act on pre-normalised tokens (energy LayerNorm). The MLP replaces whatever
-``GPTConfig.mlp`` names, except ``"none"`` (attention only); its width is ``GPTConfig.mlp_hidden``. How the paper
-parameterises each piece is not public: these are this project's readings (``energies/dplr.py``,
-``energies/gated_potential.py``, ``solvers/preconditioned.py``).
+(``layers.Preconditioned``); ``cem_recursive`` takes each sublayer's step twice with the same weights, the
+context held at the sublayer's input (``solvers.repeat``). Both sublayers act on pre-normalised tokens (energy
+LayerNorm). The MLP replaces whatever ``GPTConfig.mlp`` names, except ``"none"`` (attention only); its width is
+``GPTConfig.mlp_hidden``. How the paper parameterises each piece is not public: these are this project's readings
+(``energies/dplr.py``, ``energies/gated_potential.py``, ``solvers/preconditioned.py``, ``solvers/recursive.py``).
 """
 from __future__ import annotations
 
 from energyformer import solvers
 from energyformer.energies import DPLRInteraction, GatedPotential, Helmholtz, LayerNormLagrangian
-from energyformer.layers import Layer, Split
+from energyformer.layers import Layer, Preconditioned, Split
 from energyformer.models.variants import Variant, register, softmax_energy
 
 PRECONDITIONER_RANK = 4
@@ -48,9 +48,9 @@ def _block(config, attention, mlp=None):
 
 def _preconditioned_block(config, attention):
   if config.mlp == "none":
-    return solvers.Preconditioned(attention, PRECONDITIONER_RANK)
+    return Preconditioned.of(attention, PRECONDITIONER_RANK)
   parts = (attention, gated_mlp_layer(config))
-  return Split(tuple(solvers.Preconditioned(part, PRECONDITIONER_RANK) for part in parts), config.splitting)
+  return Split(tuple(Preconditioned.of(part, PRECONDITIONER_RANK) for part in parts), config.splitting)
 
 
 def _recursive_block(config, attention):

@@ -31,8 +31,6 @@ def variant_rows(base: GPTConfig, names=None) -> list[dict]:
   """One row per variant (default: all registered): name, parameter count of ``base`` with that variant, its
   ratio to ``standard``'s, hyperparameters and description."""
   names = variants.names() if names is None else tuple(names)
-  for name in names:
-    variants.get(name)                                   # an unknown name raises, listing the registered ones
   reference = parameter_count(dataclasses.replace(base, variant=REFERENCE))
   rows = []
   for name in names:
@@ -78,4 +76,8 @@ def _options(command) -> None:
 @cli.command("variants", help="list the registered attention variants: description, hyperparameters and "
              "parameter count against standard at one size", options=_options)
 def _command(args) -> None:
-  print(format_table(variant_rows(config_from_args(args), args.variants)))
+  with cli.user_settings():
+    config = config_from_args(args)
+    for name in args.variants or ():
+      variants.get(name)                                 # an unknown name is a usage error
+  print(format_table(variant_rows(config, args.variants)))

@@ -65,14 +65,16 @@ def time_steps(config, mesh, steps: int):
   sharding = batch_sharding(mesh, config.trainer.mesh.rules, leading=(None, "population"))
   hparams, seeds = hyperparameters(config.trainer.optimizer, [{}]), np.zeros(1, np.uint32)
   state, opt_state = compiled.init([{}])
+  total = config.trainer.steps
   with jax.set_mesh(mesh):
-    state, opt_state, metrics = compiled.steps(state, opt_state, _batch(config, sharding, rng), hparams, seeds, 0)
+    state, opt_state, metrics = compiled.steps(state, opt_state, _batch(config, sharding, rng), hparams, seeds, 0,
+                                               total)
     jax.block_until_ready(metrics)
     times = []
     for step in range(1, steps + 1):
       batch = _batch(config, sharding, rng)
       began = time.perf_counter()
-      state, opt_state, metrics = compiled.steps(state, opt_state, batch, hparams, seeds, step)
+      state, opt_state, metrics = compiled.steps(state, opt_state, batch, hparams, seeds, step, total)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - began)
   return spread(times), state, opt_state

@@ -31,6 +31,7 @@ not deduplicated against each other.
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import functools
 import itertools
@@ -389,3 +390,43 @@ def _encoded_split(config: LISConfig, split: str) -> dict[str, np.ndarray]:
   source = LISSource(config, split)
   examples = [encode(config, **source[index]) for index in range(len(source))]
   return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+
+
+def _answers(config: LISConfig, split: str, indices) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+  """The sequence lengths and answers (tuples of answer tokens) of examples ``indices`` of ``split``."""
+  numbers = [generate(config, split, int(index)) for index in indices]
+  return np.array([len(n) for n in numbers]), [tuple(solve(config, n).tolist()) for n in numbers]
+
+
+def _mode(answers: list) -> tuple:
+  """The most frequent answer (the smallest among equally frequent ones)."""
+  counts = collections.Counter(answers)
+  return min(counts, key=lambda answer: (-counts[answer], answer))
+
+
+def trivial_baselines(config: LISConfig, fit_size: int | None = None) -> dict[str, dict[str, float]]:
+  """Exact-match accuracy of two predictors that never read the numbers, on the ``val`` and ``test`` splits.
+
+  * ``majority per length``: for a sequence of length ``n``, the most frequent answer among the fitting examples of
+    length ``n`` (the best any function of the length alone can do, up to sampling);
+  * ``constant``: the most frequent answer of the fitting examples, whatever the input.
+
+  Each split's predictors are fitted on ``fit_size`` (default ``train_size``, at most 5000) examples drawn independently from that
+  split's own length distribution: the training split for ``val``, and examples of the ``test`` stream after its
+  ``test_size`` used ones for ``test`` (held-out lengths never occur in training, so a length-only predictor for
+  them must be fitted on such draws; both baselines are therefore upper bounds of what input-blind guessing
+  achieves). Returns ``{baseline: {split: accuracy}}``.
+  """
+  fit_size = min(config.train_size, 5000) if fit_size is None else fit_size
+  check_positive_int("fit_size", fit_size)
+  fits = {"val": ("train", range(fit_size)), "test": ("test", range(config.test_size, config.test_size + fit_size))}
+  result: dict[str, dict[str, float]] = {"majority per length": {}, "constant": {}}
+  for split, (fit_split, fit_indices) in fits.items():
+    fit_lengths, fit_answers = _answers(config, fit_split, fit_indices)
+    by_length = {int(n): _mode([a for a, m in zip(fit_answers, fit_lengths) if m == n]) for n in np.unique(fit_lengths)}
+    constant = _mode(fit_answers)
+    lengths, answers = _answers(config, split, range(config.split_size(split)))
+    result["majority per length"][split] = float(np.mean([by_length.get(int(n)) == a
+                                                          for n, a in zip(lengths, answers)]))
+    result["constant"][split] = float(np.mean([constant == a for a in answers]))
+  return result

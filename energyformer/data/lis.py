@@ -411,11 +411,11 @@ def trivial_baselines(config: LISConfig, fit_size: int | None = None) -> dict[st
     length ``n`` (the best any function of the length alone can do, up to sampling);
   * ``constant``: the most frequent answer of the fitting examples, whatever the input.
 
-  Each split's predictors are fitted on ``fit_size`` (default ``train_size``, at most 5000) examples drawn independently from that
-  split's own length distribution: the training split for ``val``, and examples of the ``test`` stream after its
-  ``test_size`` used ones for ``test`` (held-out lengths never occur in training, so a length-only predictor for
-  them must be fitted on such draws; both baselines are therefore upper bounds of what input-blind guessing
-  achieves). Returns ``{baseline: {split: accuracy}}``.
+  Each split's predictors are fitted on ``fit_size`` (default ``train_size``, at most 5000) examples drawn
+  independently from that split's own length distribution: the training split for ``val``, and examples of the
+  ``test`` stream after its ``test_size`` used ones for ``test`` (held-out lengths never occur in training, so a
+  length-only predictor for them must be fitted on such draws; both baselines are therefore upper bounds of what
+  input-blind guessing achieves). Returns ``{baseline: {split: accuracy}}``.
   """
   fit_size = min(config.train_size, 5000) if fit_size is None else fit_size
   check_positive_int("fit_size", fit_size)

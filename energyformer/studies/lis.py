@@ -11,6 +11,7 @@ if every teacher-forced argmax is right, greedy decoding reproduces the answer, 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -207,23 +208,23 @@ def train_variant(study: LISStudy, variant: str, writer: MetricsWriter, progress
             "val_accuracy": curves["val"]["accuracy"][-1], "test_accuracy": curves["test"]["accuracy"][-1],
             "seconds_per_step": run.seconds_per_step}
   if study.shared:
-    result["depths"] = evaluate_at_depths(task, run, study.evaluation_depths)
+    real = jax.tree.map(lambda x: x[:len(members)], run.state)  # without the padding members of a mesh
+    result["depths"] = evaluate_at_depths(task, run.graphdef, real, study.evaluation_depths, run.mesh)
   return result
 
 
-def evaluate_at_depths(task: LISTask, run: trainer.TrainResult, depths) -> dict:
-  """Every member of ``run`` (a weight-shared population) evaluated on the task's evaluation sets running its
-  stack for each of ``depths`` steps (test-time depth extrapolation): ``{depth: {set: {metric: [per member]}}}``."""
-  graphdef, count = run.graphdef, len(run.members)
+def evaluate_at_depths(task: LISTask, graphdef, state, depths, mesh=None) -> dict:
+  """A weight-shared population (``state``: its models' states with a leading member axis, ``graphdef`` their
+  structure) evaluated on the task's evaluation sets, each model running its stack for each of ``depths`` steps
+  (test-time depth extrapolation), on ``mesh`` if given: ``{depth: {set: {metric: [per member]}}}``."""
   results = {}
   for depth in depths:
     deep = dataclasses.replace(task, depth=depth)
-    evaluate = jax.jit(jax.vmap(lambda state, batch: deep.evaluate(nnx.merge(graphdef, state), batch),
+    evaluate = jax.jit(jax.vmap(lambda member, batch: deep.evaluate(nnx.merge(graphdef, member), batch),
                                 in_axes=(0, None)))
-    with jax.set_mesh(run.mesh):
-      results[depth] = {name: {metric: values[:count] for metric, values in
-                               trainer.evaluate_in_slices(evaluate, run.state, examples, task.study.eval_batch_size,
-                                                          lambda piece: piece).items()}
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+      results[depth] = {name: trainer.evaluate_in_slices(evaluate, state, examples, task.study.eval_batch_size,
+                                                         lambda piece: piece)
                         for name, examples in task.evaluation_sets(0, 1).items()}
   return results
 
@@ -305,9 +306,9 @@ def format_table(rows: list[dict], study: LISStudy, comparisons=(), baselines=No
     lines += ["", f"weight-shared, trained at depth {study.depth}: accuracy at test-time depth (mean [95% CI])",
               f"{'variant':14s} " + " ".join(f"{f'val @{d}':>22s} {f'held-out @{d}':>22s}" for d in depth_keys)]
     for r in rows:
-      lines.append(f"{r['variant']:14s} " + " ".join(
-          f"{_format_interval(r, f'val_accuracy_depth{d}', 3):>22s} {_format_interval(r, f'test_accuracy_depth{d}', 3):>22s}"
-          for d in depth_keys))
+      cells = [f"{_format_interval(r, f'{name}_accuracy_depth{d}', 3):>22s}"
+               for d in depth_keys for name in ("val", "test")]
+      lines.append(f"{r['variant']:14s} " + " ".join(cells))
   if comparisons:
     lines += ["", f"paired against {study.baseline} (same seeds): mean difference [95% CI]"]
     for c in comparisons:
@@ -319,8 +320,8 @@ def format_table(rows: list[dict], study: LISStudy, comparisons=(), baselines=No
 
 def plot_curves(results: list[dict], study: LISStudy, path, baselines: dict | None = None) -> None:
   """Left: validation accuracy against step, mean over seeds with its 95 % bootstrap band, one line per variant
-  (``baselines``, name → validation accuracy, dashed). Right: median steps to each accuracy threshold with its interval (× at the right
-  edge: not reached by half the seeds)."""
+  (``baselines``, name → validation accuracy, dashed). Right: median steps to each accuracy threshold with its
+  interval (× at the right edge: not reached by half the seeds)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -456,7 +457,8 @@ def split_cpu(devices: int) -> None:
 
 
 def _options(command) -> None:
-  add_study_options(command, "attention variants to train (default: the preset's; default preset: standard momentum nesterov)")
+  add_study_options(command, "attention variants to train (default: the preset's; the default preset's: "
+                             f"{' '.join(PRESETS['default'].variants)})")
   command.add_argument("--out", default="runs/lis", help="directory for results.csv/json, metrics and plots")
 
 

@@ -1,4 +1,4 @@
-"""Every attention variant on the LIS task: ``python experiments/lis.py [--preset tiny|default|paper] ...``.
+"""Attention variants on the LIS task: ``python experiments/lis.py [--preset tiny|default|paper] ...``.
 
 The same study as the ``energyformer lis`` command (``--help`` lists the options).
 """

@@ -344,7 +344,8 @@ def plot_curves(results: list[dict], study: LISStudy, path, baselines: dict | No
         reach.plot(study.steps, y, "x", color=color)
   for name, accuracy in (baselines or {}).items():
     curves.axhline(accuracy, color="gray", linestyle="--", linewidth=0.8)
-    curves.annotate(name, (0, accuracy), fontsize=7, color="gray", va="bottom")
+    curves.text(0.01, accuracy, name, transform=curves.get_yaxis_transform(), fontsize=7, color="gray",
+                va="bottom")
   curves.set(xlabel="training step", ylabel="validation exact-match accuracy", ylim=(0, 1),
              title=f"LIS: mean over {study.seeds} seeds, 95 % bootstrap band")
   curves.legend(fontsize=8, ncol=2)

@@ -52,6 +52,7 @@ class SudokuConfig:
                        f"17 clues has a unique solution), got min_clues={self.min_clues}, max_clues={self.max_clues}.")
 
   def split_size(self, split: str) -> int:
+    """The number of puzzles of ``split`` (``train``, ``val`` or ``test``)."""
     _check_split(split)
     return {"train": self.train_size, "val": self.val_size, "test": self.test_size}[split]
 

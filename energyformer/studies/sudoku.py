@@ -93,15 +93,18 @@ class SudokuStudy:
     return dataclasses.replace(self.data, seed=self.data.seed + 1, min_clues=low, max_clues=high)
 
   def trainer_config(self) -> TrainerConfig:
+    """The trainer settings of this study (a diverging member runs on: ``stop_on_non_finite=False``)."""
     return TrainerConfig(steps=self.steps, batch_size=self.batch_size, optimizer=self.optimizer,
                          eval_every=self.eval_every, eval_batch_size=self.eval_batch_size, log_every=self.eval_every,
                          steps_per_call=self.steps_per_call, stop_on_non_finite=False)
 
   def hyper_set_config(self, model: str) -> HyperSETConfig:
+    """The Hyper-SET model of this study's sizes with the solver of ``model``."""
     return HyperSETConfig(10, 81, 9, self.dim, self.num_heads, self.head_dim, self.hidden, self.iterations,
                           self.time_dim, solver=HYPER_SET_SOLVERS[model])
 
   def looped_config(self, model: str, mlp_hidden: int) -> GPTConfig:
+    """The looped (weight-shared) Transformer of this study's sizes with the attention variant of ``model``."""
     return GPTConfig(10, 81, self.dim, self.num_heads, self.head_dim, self.iterations, mlp_hidden,
                      variant=LOOPED_VARIANTS[model], shared=True, remat=False)
 
@@ -152,10 +155,12 @@ class SudokuTask:
   higher_is_better = True
 
   def create_model(self, member, rngs, batch_axes):
+    """The member's model (``member["model"]``, Hyper-SET by default)."""
     del batch_axes
     return _build(self.study, member.get("model", "hyper_set"), rngs)
 
   def batches(self, member, batch_size, shard_index, shard_count):
+    """This process's share of the training puzzles, in the order of the member's data seed."""
     return iter(sudoku_dataset(self.study.data, "train", batch_size=batch_size, shuffle_seed=data_seed(member),
                                shard_index=shard_index, shard_count=shard_count))
 
@@ -179,10 +184,12 @@ class SudokuTask:
     return {**metrics, **{f"{name}_2T": value for name, value in longer.items()}}
 
   def identity(self) -> dict:
+    """The study's settings (what a checkpoint must match)."""
     return study_dict(self.study)
 
 
 def study_dict(study: SudokuStudy) -> dict:
+  """``study`` as a JSON-ready dict."""
   return json.loads(json.dumps(dataclasses.asdict(study), default=list))
 
 

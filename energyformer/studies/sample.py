@@ -7,6 +7,7 @@ packed training stream, then the prompt's ids without an end-of-document id of t
 """
 from __future__ import annotations
 
+import argparse
 import pathlib
 import time
 
@@ -138,8 +139,9 @@ def _options(command) -> None:
                        help="nucleus sampling: the fewest most likely tokens reaching probability p")
   command.add_argument("--seed", type=int, default=0, help="seed of the draws")
   command.add_argument("--step", type=int, help="checkpoint step to load (default: the newest)")
-  command.add_argument("--no-cache", dest="cache", action="store_false",
-                       help="recompute the whole prefix for every token instead of decoding from cached contexts")
+  command.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                       help="decode from cached contexts where the variant allows; --no-cache recomputes the whole "
+                            "prefix for every token")
 
 
 @cli.command("sample", help="generate text from a pretraining checkpoint (greedy, temperature, top-k, top-p)",

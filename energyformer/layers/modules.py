@@ -19,6 +19,8 @@ from energyformer.checks import check_mask, check_positive_int, check_tokens
 from energyformer.energies import masks
 from energyformer.energies.base import EnergySum
 from energyformer.energies.params import ParamSpec, init_params
+from energyformer.layers.equilibrium import Anchored, check_equilibrium, equilibrium
+from energyformer.layers.reversible import DEFAULT_SEGMENT, HeavyBall, check_reversible, reversible_unroll
 from energyformer.layers.split import Split
 from energyformer.layers.stack import Rollout, check_hparam_shapes, check_unroll, unroll
 
@@ -81,6 +83,20 @@ def _check_hparam_tree(layer, hparams, depth: int, stacked: bool):
   check_hparam_shapes(hparams, depth, stacked)
 
 
+STACK_MODES = ("unrolled", "equilibrium")
+
+
+def _check_mode(layer, mode: str, shared: bool, reversible: bool) -> None:
+  if mode not in STACK_MODES:
+    raise ValueError(f"unknown EnergyStack mode {mode!r}; choose one of {STACK_MODES}.")
+  if mode == "equilibrium":
+    if not shared:
+      raise ValueError("mode='equilibrium' iterates one layer to its fixed point: build the stack with shared=True.")
+    if reversible:
+      raise ValueError("mode='equilibrium' already keeps no per-step activations; leave reversible=False.")
+    check_equilibrium(layer)
+
+
 def _mesh_batch_axes(batch_axes: tuple[str, ...]) -> tuple[str, ...]:
   """``batch_axes`` if the current mesh (``jax.set_mesh``) has them all, else ``()`` (nothing to pin)."""
   mesh = jax.sharding.get_abstract_mesh()
@@ -93,7 +109,8 @@ class EnergyStack(nnx.Module):
   """``depth`` solver steps of ``layer`` over the tokens, as one ``lax.scan``.
 
   ``EnergyStack(layer, depth, *, rngs, shared=False, hparams=None, learn_hparams=False, stacked_hparams=False,
-  remat=True, scan_unroll=1, batch_axes=(), dtype=float32)``, a Flax NNX module holding the layer's parameters
+  remat=True, scan_unroll=1, batch_axes=(), reversible=False, segment=4, mode="unrolled", tol=1e-5, anchor=0.0,
+  dtype=float32)``, a Flax NNX module holding the layer's parameters
   (``nnx.Param``; ``Fixed`` for untrained ones) and the solver's hyperparameters (``Hyperparameter``; ``nnx.Param``
   with ``learn_hparams=True``). ``stack(x, mask)`` returns the tokens after ``depth`` steps: ``x`` (N, D) or
   (B, N, D), in ``dtype``; ``mask`` ``None``, boolean (N, N) shared by the batch or (B, N, N), True where a query
@@ -108,12 +125,24 @@ class EnergyStack(nnx.Module):
   ``remat`` and ``scan_unroll`` are passed to ``unroll``. ``batch_axes``: the mesh axes a batch of sequences is
   split over in sharded training; under ``jax.set_mesh`` with those axes the token states keep that layout
   through the depth loop (``unroll``'s ``pin_tokens``).
+  ``reversible=True`` rebuilds the activations in the backward pass instead of storing them (``reversible_unroll``:
+  heavy-ball layers, a GPT-style ``Split`` in its folded velocity form; other solvers raise), keeping one exact carry
+  per ``segment`` steps; ``remat`` then does not apply. A rollout recording energies runs the same steps unreversed.
+  ``mode="equilibrium"`` (``shared=True``, a stateless solver): iterate the step, anchored to the input by
+  ``anchor``, to relative tolerance ``tol`` within ``depth`` steps and differentiate the fixed point implicitly
+  (``layers.equilibrium``); the rollout's ``residual``/``steps`` report convergence. Recording energies runs the
+  ``depth`` anchored steps unrolled.
   """
 
   def __init__(self, layer, depth: int, *, rngs: nnx.Rngs, shared: bool = False, hparams=None,
                learn_hparams: bool = False, stacked_hparams: bool = False, remat: bool = True,
-               scan_unroll: int | bool = 1, batch_axes: tuple[str, ...] = (), dtype=jnp.float32):
+               scan_unroll: int | bool = 1, batch_axes: tuple[str, ...] = (), reversible: bool = False,
+               segment: int | None = DEFAULT_SEGMENT, mode: str = "unrolled", tol: float = 1e-5,
+               anchor: float = 0.0, dtype=jnp.float32):
     check_positive_int("depth", depth)
+    _check_mode(layer, mode, shared, reversible)
+    if reversible:
+      check_reversible(layer)
     check_unroll(scan_unroll)
     self.layer, self.depth, self.shared, self.remat, self.scan_unroll = layer, depth, shared, remat, scan_unroll
     self.batch_axes = tuple(batch_axes)
@@ -130,6 +159,9 @@ class EnergyStack(nnx.Module):
       if stacked_hparams:
         hparams = jax.tree.map(lambda v: jnp.broadcast_to(v, (depth,) + jnp.shape(v)), hparams)
     _check_hparam_tree(layer, hparams, depth, stacked_hparams)
+    if reversible:
+      check_reversible(layer, hparams)
+    self.reversible, self.segment, self.mode, self.tol, self.anchor = reversible, segment, mode, tol, anchor
     self.learn_hparams = learn_hparams
     stored = _map_hparams(layer, hparams, "unconstrain") if learn_hparams else hparams
     self.hparams = nnx.data(_wrap_hparams(stored, learn_hparams, ("layers",) if stacked_hparams else ()))
@@ -150,17 +182,24 @@ class EnergyStack(nnx.Module):
     batch_shape = tuple(jnp.shape(x)[:-2])
     check_mask(mask, x.shape[-2], x.shape[-2], batch_shape)
     masks.check_boolean(mask)
-    run = functools.partial(unroll, self.layer, unwrap(self.params), self.solver_hparams(),
-                            num_steps=self._num_steps(num_steps),
-                            stacked_params=not self.shared, stacked_hparams=self.stacked_hparams,
-                            record_energy=record_energy, remat=self.remat, scan_unroll=self.scan_unroll)
-    if not batch_shape:
-      return run(x, mask, state=state)
     if len(batch_shape) > 1:
       raise ValueError(f"x must have shape (N, D) or (B, N, D), got {jnp.shape(x)}; reshape the batch to one axis.")
+    steps = self._num_steps(num_steps)
+    common = dict(num_steps=steps, stacked_params=not self.shared, stacked_hparams=self.stacked_hparams)
+    axes = _mesh_batch_axes(self.batch_axes)
+    if self.reversible and not record_energy:  # the batch stays inside the reversible scan's VJP
+      return reversible_unroll(self.layer, unwrap(self.params), self.solver_hparams(), x, mask, state=state,
+                               segment=self.segment, pin_axes=axes if axes and batch_shape else None, **common)
+    if self.mode == "equilibrium":
+      run = functools.partial(self._equilibrium, max_steps=steps, record_energy=record_energy)
+    else:
+      layer = HeavyBall(self.layer) if self.reversible else self.layer
+      run = functools.partial(unroll, layer, unwrap(self.params), self.solver_hparams(), **common,
+                              record_energy=record_energy, remat=self.remat, scan_unroll=self.scan_unroll)
+    if not batch_shape:
+      return run(x, mask, state=state)
     mask_axis = 0 if mask is not None and jnp.ndim(mask) == 3 else None
     state_axis = None if state is None else 0
-    axes = _mesh_batch_axes(self.batch_axes)
     if axes:
       run = functools.partial(run, pin_tokens=True)
     return jax.vmap(lambda xi, mi, si: run(xi, mi, state=si), in_axes=(0, mask_axis, state_axis),
@@ -175,6 +214,15 @@ class EnergyStack(nnx.Module):
                        f"{self.depth}, so it runs exactly {self.depth} steps, not {num_steps}; build it with "
                        "shared=True and stacked_hparams=False to run a recurrent stack for any number of steps.")
     return num_steps
+
+  def _equilibrium(self, x, mask=None, state=None, *, max_steps: int, record_energy: bool, pin_tokens: bool = False):
+    """The fixed point of one sequence (or, recording energies, the ``max_steps`` anchored steps unrolled)."""
+    del state, pin_tokens  # a stateless solver; no depth loop to pin
+    params, hparams = unwrap(self.params), self.solver_hparams()
+    if record_energy:
+      return unroll(Anchored(self.layer, self.anchor, x), params, hparams, x, mask, num_steps=max_steps,
+                    stacked_params=False, record_energy=True, remat=self.remat)
+    return equilibrium(self.layer, params, hparams, x, mask, tol=self.tol, max_steps=max_steps, anchor=self.anchor)
 
   def __call__(self, x, mask=None, num_steps: int | None = None):
     """The tokens after ``depth`` steps (``num_steps``, for a shared stack, to run another number)."""

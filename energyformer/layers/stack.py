@@ -14,12 +14,15 @@ from energyformer.checks import check_positive_int
 
 
 class Rollout(NamedTuple):
-  """Result of a depth unroll: final tokens and solver state, and (optionally) the energy before/after each step."""
+  """Result of a depth unroll: final tokens and solver state, and (optionally) the energy before/after each step;
+  an equilibrium rollout also gives the relative size of its last step (``residual``) and its ``steps``."""
 
   x: jax.Array
   state: Any
   energy_before: jax.Array | None
   energy_after: jax.Array | None
+  residual: jax.Array | None = None
+  steps: jax.Array | None = None
 
 
 def check_unroll(scan_unroll) -> None:

@@ -39,7 +39,9 @@ class ETConfig:
   ``beta``: attention inverse temperature per head (``None``: ``1/√head_dim``); ``learn_beta`` trains it.
   ``memory``: ``"relu2"`` (ReLU² Hopfield energy) or ``"logsumexp"`` (softmax memory with learned
   ``memory_beta``). ``step_size`` is α = dt/τ, ``depth`` the number T of recurrent steps, ``temperature`` the
-  Langevin noise temperature (0: none).
+  Langevin noise temperature (0: none). ``equilibrium``: run the steps to their fixed point instead (this library's
+  option, ``layers.equilibrium``): at most ``max_steps`` steps to relative tolerance ``tol``, each anchored to the
+  input tokens by ``anchor`` (descent on ``E + (anchor/2α)‖x − x₀‖²``), differentiated implicitly.
   """
 
   dim: int = 64
@@ -55,9 +57,15 @@ class ETConfig:
   self_exclusion: bool = False
   temperature: float = 0.0
   remat: bool = True
+  equilibrium: bool = False
+  max_steps: int = 100
+  tol: float = 1e-3
+  anchor: float = 0.5
 
   def __post_init__(self):
-    for name in ("dim", "num_heads", "head_dim", "num_memories", "depth"):
+    if self.equilibrium and self.temperature > 0:
+      raise ValueError("Langevin noise (temperature > 0) has no fixed point; use equilibrium=False or temperature=0.")
+    for name in ("dim", "num_heads", "head_dim", "num_memories", "depth", "max_steps"):
       check_positive_int(name, getattr(self, name))
     if self.memory not in MEMORIES:
       raise ValueError(f"unknown memory {self.memory!r}; choose one of {MEMORIES}.")
@@ -109,7 +117,9 @@ class EnergyTransformer(nnx.Module):
 
   def __init__(self, config: ETConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.stack = EnergyStack(et_layer(config), config.depth, rngs=rngs, shared=True, remat=config.remat)
+    steps, mode = (config.max_steps, "equilibrium") if config.equilibrium else (config.depth, "unrolled")
+    self.stack = EnergyStack(et_layer(config), steps, rngs=rngs, shared=True, remat=config.remat, mode=mode,
+                             tol=config.tol, anchor=config.anchor)
 
   def _state(self, x, key):
     if self.config.temperature == 0:
@@ -120,7 +130,8 @@ class EnergyTransformer(nnx.Module):
     return jax.random.split(key, x.shape[0]) if x.ndim == 3 else key
 
   def rollout(self, x, mask=None, *, key=None, record_energy: bool = False) -> Rollout:
-    """The T steps; ``record_energy`` gives ``energy_before``/``energy_after`` of shape (T,) or (B, T)."""
+    """The T steps (or the fixed point, with its ``residual`` and ``steps``); ``record_energy`` gives
+    ``energy_before``/``energy_after`` of shape (T,) or (B, T) (T = ``max_steps`` in equilibrium mode)."""
     mask = et_mask(self.config, x.shape[-2], mask)
     return self.stack.rollout(x, mask, self._state(x, key), record_energy=record_energy)
 

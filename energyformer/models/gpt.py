@@ -18,7 +18,7 @@ from flax import nnx
 from energyformer import solvers
 from energyformer.checks import check_positive_int
 from energyformer.energies import Helmholtz, LayerNormLagrangian, Potential, masks
-from energyformer.layers import EnergyStack, Layer, Split
+from energyformer.layers import EnergyStack, Layer, Split, check_reversible
 from energyformer.models import variants
 
 MLPS = ("plain", "potential", "none")
@@ -46,6 +46,8 @@ class GPTConfig:
   ``remat`` and ``scan_unroll`` (``True``: the depth loop unrolled, fastest for shallow models) are the depth
   scan's (``layers.unroll``); ``batch_axes`` are the mesh axes the batch is split over in sharded training
   (``EnergyStack``; the training programs set them from the sharding rules).
+  ``reversible``: rebuild activations in the backward pass (``layers.reversible``; a heavy-ball variant, the MLP
+  step folded into the velocity); combinations that do not invert raise.
   """
 
   vocab_size: int
@@ -65,6 +67,7 @@ class GPTConfig:
   remat: bool = True
   scan_unroll: int | bool = 1
   batch_axes: tuple[str, ...] = ()
+  reversible: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "batch_axes", tuple(self.batch_axes))
@@ -77,6 +80,8 @@ class GPTConfig:
     attention_hparams(self)
     if self.temperature is not None and not isinstance(getattr(variant.energy(self), "aggregate", None), Helmholtz):
       raise ValueError(f"variant {self.variant!r} has no Helmholtz (softmax) temperature; leave temperature=None.")
+    if self.reversible:
+      check_reversible(block(self))
 
 
 def attention_hparams(config: GPTConfig) -> dict:
@@ -147,7 +152,8 @@ class GPT(nnx.Module):
       hparams = jax.tree.map(lambda v: jnp.broadcast_to(v, (config.depth,) + jnp.shape(v)), hparams)
     self.blocks = EnergyStack(layer, config.depth, rngs=rngs, shared=config.shared, hparams=hparams,
                               learn_hparams=learned, stacked_hparams=learned, remat=config.remat,
-                              scan_unroll=config.scan_unroll, batch_axes=config.batch_axes)
+                              scan_unroll=config.scan_unroll, batch_axes=config.batch_axes,
+                              reversible=config.reversible)
     self.norm_scale = nnx.Param(jnp.ones(config.dim), out_sharding=("embed",), eager_sharding=False)
     self.norm_bias = nnx.Param(jnp.zeros(config.dim), out_sharding=("embed",), eager_sharding=False)
     if not config.tie_embeddings:

@@ -5,7 +5,9 @@ one weight-shared block run for T energy-descent steps, the baseline a standard 
 MLP width is chosen so that its core has about the ET core's parameter count. The mean-patch baseline predicts
 every masked patch as the mean training patch at that position. All three are scored by the RMSE over the
 scored patches of the same held-out images under the same masks. The default trains on scikit-learn's 8×8 digits
-on the CPU in a few minutes.
+on the CPU in a few minutes. With ``equilibrium`` (``--equilibrium``) the same ET block is also trained in
+equilibrium mode (run to its fixed point, anchored to the input tokens, differentiated implicitly:
+``layers.equilibrium``), reported beside the T-step unrolled ET with its training time and the steps it took.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ class ETImagesStudy:
   masking: str = "paper"
   et: ETConfig = ETConfig(dim=64, num_heads=4, head_dim=16, num_memories=256, depth=12, step_size=0.1)
   baseline: bool = True
+  equilibrium: bool = False
   baseline_depth: int = 1
   baseline_heads: int = 4
   training: TrainerConfig = recipe(1000, 64, et_optimizer(2e-3, 100), eval_every=100)
@@ -93,9 +96,10 @@ PRESETS = {
 }
 
 
-def et_model(study: ETImagesStudy, rngs: nnx.Rngs) -> ImageCompletion:
-  """The image model with an Energy Transformer core."""
-  return ImageCompletion(study.image, EnergyTransformer(study.et, rngs=rngs), rngs=rngs)
+def et_model(study: ETImagesStudy, rngs: nnx.Rngs, equilibrium: bool = False) -> ImageCompletion:
+  """The image model with an Energy Transformer core (``study.et``, or its equilibrium form)."""
+  config = dataclasses.replace(study.et, equilibrium=True) if equilibrium else study.et
+  return ImageCompletion(study.image, EnergyTransformer(config, rngs=rngs), rngs=rngs)
 
 
 def baseline_model(study: ETImagesStudy, core_params: int, rngs: nnx.Rngs) -> ImageCompletion:
@@ -119,9 +123,9 @@ def completion_loss(model, images, masking: Masking, key):
 
 @dataclasses.dataclass(frozen=True)
 class CompletionTask:
-  """Masked image completion (``energyformer.train.task.Task``) with the ET core or the Transformer baseline
-  (``core``: ``"et"`` or ``"transformer"``); evaluated by the masked-patch RMSE on fixed held-out images and
-  masks."""
+  """Masked image completion (``energyformer.train.task.Task``) with the ET core, the ET in equilibrium mode or the
+  Transformer baseline (``core``: ``"et"``, ``"et_equilibrium"`` or ``"transformer"``); evaluated by the
+  masked-patch RMSE on fixed held-out images and masks."""
 
   study: ETImagesStudy
   core: str = "et"
@@ -130,8 +134,8 @@ class CompletionTask:
 
   def create_model(self, member, rngs, batch_axes):
     """The completion model with the task's core."""
-    if self.core == "et":
-      return et_model(self.study, rngs)
+    if self.core in ("et", "et_equilibrium"):
+      return et_model(self.study, rngs, equilibrium=self.core == "et_equilibrium")
     return baseline_model(self.study, et_core_params(self.study), rngs)
 
   def batches(self, member, batch_size, shard_index, shard_count):
@@ -224,10 +228,13 @@ def run(study: ETImagesStudy, out_dir="runs/et_images") -> dict:
   images, replace, score = test_set(study)
   test = jnp.asarray(images)
   results = {"study": _study_dict(study)}
-  total = study.training.steps * (2 if study.baseline else 1)
+  total = study.training.steps * (1 + study.baseline + study.equilibrium)
   with MetricsWriter(out) as writer, tqdm(total=total, desc="et-images", unit="step") as bar:
     results["et"], et = _train("et", study, writer, bar)
     models = {"ET": et}
+    if study.equilibrium:
+      results["et_equilibrium"], models["ET equilibrium"] = _train("et_equilibrium", study, writer, bar)
+      results["et_equilibrium"]["convergence"] = convergence(models["ET equilibrium"], test, replace)
     if study.baseline:
       results["transformer"], models["Transformer"] = _train("transformer", study, writer, bar)
   train_images = jnp.asarray(load_images(study, "train", 4096))
@@ -244,14 +251,28 @@ def run(study: ETImagesStudy, out_dir="runs/et_images") -> dict:
   return results
 
 
+def convergence(model: ImageCompletion, images, replace_mask) -> dict:
+  """Steps and final relative residual of the equilibrium ET on ``images`` (mean and max over images)."""
+  tokens = model.tokens(patchify(images, model.config.patch_size), replace_mask)
+  rollout = model.core.rollout(tokens)
+  steps, residual = np.asarray(rollout.steps), np.asarray(rollout.residual)
+  return {"mean_steps": float(steps.mean()), "max_steps": int(steps.max()), "max_residual": float(residual.max()),
+          "tol": model.core.config.tol}
+
+
 def format_table(results: dict) -> str:
   """Held-out masked-patch RMSE, parameter counts and training time of each model."""
   lines = [f"{'model':24s} {'masked RMSE':>12s} {'core params':>12s} {'train s':>9s}", "-" * 60]
   lines.append(f"{'mean patch':24s} {results['mean_patch']['test_rmse']:12.4f} {'-':>12s} {'-':>9s}")
-  for key, name in (("et", "Energy Transformer"), ("transformer", "Transformer encoder")):
+  for key, name in (("et", "Energy Transformer"), ("et_equilibrium", "ET equilibrium"),
+                    ("transformer", "Transformer encoder")):
     if key in results:
       r = results[key]
       lines.append(f"{name:24s} {r['test_rmse']:12.4f} {r['core_params']:12d} {r['seconds']:9.1f}")
+  if "convergence" in results.get("et_equilibrium", {}):
+    c = results["et_equilibrium"]["convergence"]
+    lines.append(f"ET equilibrium on the held-out images: {c['mean_steps']:.1f} steps on average (max {c['max_steps']}), "
+                 f"max relative residual {c['max_residual']:.1e} (tol {c['tol']:g})")
   return "\n".join(lines)
 
 
@@ -324,6 +345,8 @@ def study_from_args(args) -> ETImagesStudy:
   study = dataclasses.replace(study, **{k: v for k, v in overrides.items() if v is not None})
   if args.no_baseline:
     study = dataclasses.replace(study, baseline=False)
+  if args.equilibrium:
+    study = dataclasses.replace(study, equilibrium=True)
   if args.self_exclusion or args.temperature is not None:
     et = dataclasses.replace(study.et, self_exclusion=args.self_exclusion or study.et.self_exclusion,
                              temperature=study.et.temperature if args.temperature is None else args.temperature)
@@ -343,6 +366,8 @@ def _options(command) -> None:
   command.add_argument("--self-exclusion", action="store_true", help="exclude each token from its own attention")
   command.add_argument("--temperature", type=float, help="Langevin noise temperature of the ET dynamics (0: none)")
   command.add_argument("--no-baseline", action="store_true", help="train the ET only")
+  command.add_argument("--equilibrium", action="store_true",
+                       help="also train the ET run to its fixed point (implicit gradients) and compare it")
   command.add_argument("--out", default="runs/et_images", help="directory for results, metrics and PNGs")
 
 

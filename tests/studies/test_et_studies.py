@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from flax import nnx
 
 from energyformer.cli import main, parser
 from energyformer.studies import et_graphs, et_images
@@ -21,6 +22,22 @@ def test_images_options_replace_the_preset():
   assert (study.masking, study.dataset, study.data_dir, study.baseline) == ("mask75", "folder", "/images", False)
   assert study.et.self_exclusion and study.et.temperature == 0.01
   assert study.image == et_images.PRESETS["tiny"].image
+  assert not study.equilibrium and et_images.study_from_args(_parse(["et-images", "--equilibrium"])).equilibrium
+
+
+def test_equilibrium_core_is_the_et_block_run_to_its_fixed_point():
+  """The study's equilibrium model has the ET's parameters and an equilibrium stack; the table lists it with its
+  convergence beside the mean-patch baseline."""
+  study = et_images.PRESETS["tiny"]
+  task = et_images.CompletionTask(study, "et_equilibrium")
+  model = nnx.eval_shape(lambda: task.create_model({}, nnx.Rngs(0), ()))
+  plain = nnx.eval_shape(lambda: et_images.et_model(study, nnx.Rngs(0)))
+  assert model.core.stack.mode == "equilibrium" and plain.core.stack.mode == "unrolled"
+  assert et_images.count_params(model) == et_images.count_params(plain)
+  row = {"test_rmse": 0.2, "core_params": 10, "seconds": 1.0}
+  table = et_images.format_table({"mean_patch": {"test_rmse": 0.3}, "et": row, "et_equilibrium": {
+      **row, "convergence": {"mean_steps": 30.0, "max_steps": 41, "max_residual": 9e-4, "tol": 1e-3}}})
+  assert "mean patch" in table and "ET equilibrium" in table and "max 41" in table
 
 
 def test_graphs_options_choose_the_source():

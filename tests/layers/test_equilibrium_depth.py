@@ -39,7 +39,7 @@ def _implicit_and_unrolled(layer, hparams, anchor, unrolled_steps):
   return implicit, unrolled
 
 
-@pytest.mark.parametrize("kind", ["energy_transformer", "softmax"])
+@pytest.mark.parametrize("kind", [pytest.param("energy_transformer", marks=pytest.mark.slow), "softmax"])
 def test_implicit_gradients_equal_the_unrolled_loop_at_convergence(kind):
   """Energy Transformer (LayerNorm activations, attention + Hopfield memory, Euler steps) and a softmax energy:
   the implicit-function gradients equal autodiff through 300 unrolled steps to 1e-4 relative."""
@@ -60,6 +60,7 @@ def _gradient_temp_bytes(mode, steps):
   return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(state, x).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow  # default-suite time budget
 def test_memory_does_not_grow_with_max_steps():
   """Compiled temp memory of the gradient is the same at max_steps 10 and 100 in equilibrium mode (the unrolled
   stack's grows with its steps: benchmarks/depth_memory.py --equilibrium)."""

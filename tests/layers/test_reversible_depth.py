@@ -75,6 +75,7 @@ def _reversal_errors(layer, depth, dtype, segments, beta=0.5):
           for s in segments]
 
 
+@pytest.mark.slow  # default-suite time budget
 def test_float64_reversal_equals_stored_gradients():
   """A GPT block stack reversed from its output alone (segment=None) or in segments: every gradient (weights,
   hyperparameters, tokens) within 1e-10 of the stored-activation one."""
@@ -95,6 +96,7 @@ def test_float32_reversal_within_documented_bound_and_pure_reversal_exceeds_it()
   assert len(caught) == 1 and "drifted" in str(caught[0].message)
 
 
+@pytest.mark.slow  # default-suite time budget
 def test_heavy_ball_form_of_a_momentum_layer_is_its_own_step():
   """Reversal does not change a momentum stack's forward pass: bit for bit the ordinary stack's."""
   layer = Layer(energies.Interaction(D, H, D // H), "momentum", "tied")
@@ -117,6 +119,7 @@ def _stack_gradients(stack, x, mask, *, stored):
   return jax.grad(loss, argnums=(0, 1))(trained, x)
 
 
+@pytest.mark.slow  # default-suite time budget
 def test_shared_stack_with_learned_hparams_and_a_batch():
   """EnergyStack(shared=True, reversible=True) on a batch of sequences with learned step sizes and momentum:
   gradients of the weights, hyperparameters and tokens equal the stored-activation ones."""
@@ -128,6 +131,7 @@ def test_shared_stack_with_learned_hparams_and_a_batch():
   assert max(_relative_errors(unwrap(reference), unwrap(result))) < 1e-4
 
 
+@pytest.mark.slow  # default-suite time budget
 def test_vmapped_population_equals_each_member():
   """A population of hyperparameters vmapped over the reversible gradient equals each member run alone."""
   layer = _light_block()

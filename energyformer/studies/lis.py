@@ -375,6 +375,7 @@ def plot_depths(results: list[dict], study: LISStudy, path) -> None:
     ax.axvline(study.depth, color="gray", linestyle=":", linewidth=0.8)
     ax.set(xscale="log", xticks=list(study.evaluation_depths), xticklabels=list(map(str, study.evaluation_depths)),
            xlabel="depth steps at test time", title=f"{label} (trained at depth {study.depth})", ylim=(0, 1))
+    ax.minorticks_off()
   axes[0].set_ylabel("exact-match accuracy")
   axes[0].legend(fontsize=8)
   fig.tight_layout()

@@ -69,13 +69,27 @@ def _tuples(value):
   return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
+def _dataclass_of(kind, value):
+  """The dataclass a field of type ``kind`` holding ``value`` (a dict) is: ``kind`` itself, or the member of a
+  union of dataclasses whose field names are the dict's keys; ``None`` for other fields."""
+  if dataclasses.is_dataclass(kind):
+    return kind
+  if isinstance(value, dict):
+    for member in typing.get_args(kind):
+      if dataclasses.is_dataclass(member) and {f.name for f in dataclasses.fields(member)} == set(value):
+        return member
+  return None
+
+
 def from_dict(cls, data: dict):
-  """The dataclass ``cls`` rebuilt from ``to_dict``'s output (JSON lists become tuples again)."""
+  """The dataclass ``cls`` rebuilt from ``to_dict``'s output (JSON lists become tuples again; a field typed as a
+  union of dataclasses is rebuilt as the one whose fields the saved dict has)."""
   hints = typing.get_type_hints(cls)
   fields = {}
   for field in dataclasses.fields(cls):
     if field.name not in data:
       continue
-    value, kind = data[field.name], hints[field.name]
-    fields[field.name] = from_dict(kind, value) if dataclasses.is_dataclass(kind) else _tuples(value)
+    value = data[field.name]
+    kind = _dataclass_of(hints[field.name], value)
+    fields[field.name] = from_dict(kind, value) if kind is not None else _tuples(value)
   return cls(**fields)

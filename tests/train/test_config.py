@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -160,3 +161,25 @@ def test_weight_decay_applies_to_matrices_only():
   layer = mask["blocks"]["params"]
   assert mask["embed"].get_value() and mask["positions"].get_value() and layer[0]["energy"]["query"].get_value()
   assert not mask["norm_scale"].get_value() and not layer[0]["lagrangian"]["delta"].get_value()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bytes:
+  eos_id: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class _Merges:
+  serialized: str = ""
+  sizes: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Holder:
+  tokenizer: _Bytes | _Merges = _Bytes()
+
+
+def test_a_union_of_dataclasses_round_trips_through_json():
+  """A field typed as a union of dataclasses comes back as the member whose fields the saved dict holds."""
+  for holder in (_Holder(), _Holder(_Bytes(7)), _Holder(_Merges("abc", (1, 2)))):
+    assert from_dict(_Holder, json.loads(json.dumps(to_dict(holder)))) == holder

@@ -92,4 +92,6 @@ def test_summary_against_hand_computed_values():
   assert (momentum["difference_low"], momentum["difference_high"]) == pytest.approx((-0.3, 0.0))
   assert compare.verdict(momentum) == "no detectable difference" and compare.verdict(standard) == "reference"
   assert compare.verdict({**momentum, "difference_high": -0.1}) == "lower"
+  alone = compare.summarize(runs[1:], study)[0]                # without standard, the first arm is the reference
+  assert alone["reference"] and compare.verdict(alone) == "reference" and alone["steps_to_reference"] == 20
   assert momentum["tokens_per_second"] == 2 * study.tokens_per_step / 0.25

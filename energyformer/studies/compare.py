@@ -161,7 +161,8 @@ def summarize(results: list[dict], study: CompareStudy) -> list[dict]:
     per_seed = statistics.steps_to_threshold(result["eval_steps"], curves, target, higher_is_better=False)
     mean_curve = statistics.steps_to_threshold(result["eval_steps"], curves.mean(axis=1, keepdims=True), target,
                                                higher_is_better=False)[0]
-    rows.append({"arm": result["arm"], "reference": result is reference, **statistics.bootstrap_interval(final, **bootstrap).as_dict("final_val_loss"),
+    rows.append({"arm": result["arm"], "reference": result is reference,
+                 **statistics.bootstrap_interval(final, **bootstrap).as_dict("final_val_loss"),
                  **statistics.paired_difference(final, reference_final, **bootstrap).as_dict("difference"),
                  "steps_to_reference": _finite_or_none(mean_curve),
                  **statistics.bootstrap_interval(per_seed, statistic=np.median, **bootstrap).as_dict(

@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from energyformer import solvers
 from energyformer.checks import check_positive_int
-from energyformer.energies import Helmholtz, LayerNormLagrangian, Potential, masks
+from energyformer.energies import Helmholtz, LayerNormLagrangian, masks
 from energyformer.layers import EnergyStack, Layer, Split, check_reversible
 from energyformer.models import variants
+from energyformer.models.variants import mlp_layer
 
 MLPS = ("plain", "potential", "none")
 
@@ -94,14 +94,6 @@ def attention_layer(config: GPTConfig) -> Layer:
   """The attention step of one block for ``config.variant`` (its registered recipe), at pre-normalised tokens."""
   variant = variants.get(config.variant)
   return Layer(variant.energy(config), variant.solver, variant.mode, lagrangian=LayerNormLagrangian(config.dim))
-
-
-def mlp_layer(config: GPTConfig) -> Layer:
-  """The MLP step ``config.mlp`` names (``"plain"`` or ``"potential"``), a unit gradient step at pre-normalised
-  tokens."""
-  potential = Potential(config.dim, config.mlp_hidden, "gelu", bias=True, values=config.mlp == "plain")
-  return Layer(potential, solvers.gradient_descent(1.0), "relaxed" if config.mlp == "plain" else "tied",
-               lagrangian=LayerNormLagrangian(config.dim))
 
 
 def block(config: GPTConfig):

@@ -9,7 +9,7 @@ from flax import nnx
 
 from energyformer import energies, solvers
 from energyformer.layers import Hyperparameter
-from energyformer.models import GPT, GPTConfig, Variant, attention_layer, variants
+from energyformer.models import GPT, GPTConfig, Variant, attention_layer, mlp_layer, variants
 from energyformer.solvers import registry
 
 TINY = dict(vocab_size=11, context_length=8, dim=16, num_heads=2, head_dim=8, depth=2, mlp_hidden=32)
@@ -107,7 +107,6 @@ def test_variant_block_and_learned_hyperparameters(monkeypatch):
   """A variant's ``block`` builds the depth step around its attention layer (here Strang with the potential MLP);
   ``learn_hparams`` makes each layer's hyperparameters trained parameters of shape (depth,), set by ``hparams``
   and moved by training."""
-  from energyformer.models.gpt import mlp_layer
   from energyformer.layers import Split
   monkeypatch.setattr(variants, "_VARIANTS", dict(variants._VARIANTS))
   block = lambda config, attention: Split((mlp_layer(config), attention), "strang")

@@ -22,7 +22,8 @@ import importlib
 import pkgutil
 
 from energyformer import solvers
-from energyformer.energies import Helmholtz, Interaction
+from energyformer.energies import Helmholtz, Interaction, LayerNormLagrangian, Potential
+from energyformer.layers import Layer
 from energyformer.layers.derive import MODES
 
 
@@ -97,6 +98,14 @@ def softmax_energy(config, values: bool = True) -> Interaction:
   """The Helmholtz inner-product energy at ``config.temperature`` (default ``√head_dim``): softmax attention."""
   return Interaction(config.dim, config.num_heads, config.head_dim, aggregate=Helmholtz(config.temperature),
                      values=values)
+
+
+def mlp_layer(config) -> Layer:
+  """The MLP step ``config.mlp`` names (``"plain"`` or ``"potential"``), a unit gradient step at pre-normalised
+  tokens."""
+  potential = Potential(config.dim, config.mlp_hidden, "gelu", bias=True, values=config.mlp == "plain")
+  return Layer(potential, solvers.gradient_descent(1.0), "relaxed" if config.mlp == "plain" else "tied",
+               lagrangian=LayerNormLagrangian(config.dim))
 
 
 def _import_recipes() -> None:

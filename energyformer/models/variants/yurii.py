@@ -19,7 +19,7 @@ import dataclasses
 
 from energyformer import solvers
 from energyformer.layers import Split
-from energyformer.models.variants import Variant, register, softmax_energy
+from energyformer.models.variants import Variant, mlp_layer, register, softmax_energy
 
 
 def momentum_block(solver_factory, scheme: str):
@@ -27,7 +27,6 @@ def momentum_block(solver_factory, scheme: str):
   ``solver_factory()``, split by ``scheme`` with one shared solver state (the velocity)."""
 
   def block(config, attention):
-    from energyformer.models.gpt import mlp_layer  # gpt imports the variant registry
     if config.mlp == "none":
       return attention
     return Split((attention, dataclasses.replace(mlp_layer(config), solver=solver_factory())), scheme,

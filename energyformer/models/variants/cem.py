@@ -22,7 +22,9 @@ PRECONDITIONER_RANK = 4
 RECURSIVE_STEPS = 2
 
 
-def _tied_energy(config):
+def tied_energy(config):
+  """The causal interaction energy of CEM attention: the Helmholtz inner-product energy without value projections
+  (``A_h = W_Qh W_Khᵀ``), whose tied gradient is weight-tied attention."""
   return softmax_energy(config, values=False)
 
 
@@ -38,7 +40,7 @@ def gated_mlp_layer(config, solver=None) -> Layer:
                lagrangian=LayerNormLagrangian(config.dim))
 
 
-def _block(config, attention, mlp=None):
+def cem_block(config, attention, mlp=None):
   """``attention`` then ``mlp`` (default ``gated_mlp_layer``) by ``config.splitting``; attention alone for
   ``mlp="none"``."""
   if config.mlp == "none":
@@ -54,15 +56,15 @@ def _preconditioned_block(config, attention):
 
 
 def _recursive_block(config, attention):
-  return _block(config, attention, gated_mlp_layer(config, solvers.repeat(solvers.gradient_descent(1.0),
+  return cem_block(config, attention, gated_mlp_layer(config, solvers.repeat(solvers.gradient_descent(1.0),
                                                                           RECURSIVE_STEPS)))
 
 
-register(Variant("cem", _tied_energy, solvers.gradient_descent(), "tied",
-                 "CEM: weight-tied attention (exact gradient) + gated MLP with shared up/down projection", _block))
+register(Variant("cem", tied_energy, solvers.gradient_descent(), "tied",
+                 "CEM: weight-tied attention (exact gradient) + gated MLP with shared up/down projection", cem_block))
 register(Variant("cem_dplr", _dplr_energy, solvers.gradient_descent(), "tied",
-                 "as cem; diagonal-plus-low-rank interaction matrices W_Q W_K^T + diag(d)", _block))
-register(Variant("cem_precond", _tied_energy, solvers.gradient_descent(), "tied",
+                 "as cem; diagonal-plus-low-rank interaction matrices W_Q W_K^T + diag(d)", cem_block))
+register(Variant("cem_precond", tied_energy, solvers.gradient_descent(), "tied",
                  "as cem; each step along P grad E, learned P = D + U U^T (rank 4)", _preconditioned_block))
-register(Variant("cem_recursive", _tied_energy, solvers.repeat(solvers.gradient_descent(), RECURSIVE_STEPS), "tied",
+register(Variant("cem_recursive", tied_energy, solvers.repeat(solvers.gradient_descent(), RECURSIVE_STEPS), "tied",
                  "as cem; each sublayer's step taken twice with shared weights", _recursive_block))

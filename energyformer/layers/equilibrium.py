@@ -89,12 +89,15 @@ class Anchored:
   x0: Any
 
   def init_state(self, x):
+    """The wrapped layer's solver state for tokens ``x`` (N, D)."""
     return self.layer.init_state(x)
 
   def energy_value(self, params, x, mask=None):
+    """The wrapped layer's energy ``E(x)`` (a scalar) at tokens ``x`` (N, D)."""
     return self.layer.energy_value(params, x, mask)
 
   def step(self, params, hparams, x, state, mask=None):
+    """``x⁺ = S(x) − κ (x − x0)``: the layer's step anchored to ``x0``; the state passes through unchanged."""
     return anchored_map(self.layer, self.anchor)(params, hparams, x, self.x0, mask), state
 
 

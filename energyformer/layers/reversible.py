@@ -138,15 +138,19 @@ class HeavyBall:
     return tuple(velocity if i == self._index else s for i, s in enumerate(state))
 
   def specs(self):
+    """The wrapped layer's parameter specs."""
     return self.layer.specs()
 
   def default_hparams(self):
+    """The wrapped layer's default solver hyperparameters."""
     return self.layer.default_hparams()
 
   def init_state(self, x):
+    """The wrapped layer's solver state for tokens ``x`` (N, D) (the velocity starts at zero)."""
     return self.layer.init_state(x)
 
   def energy_value(self, params, x, mask=None):
+    """The wrapped layer's energy (a scalar) at tokens ``x`` (N, D)."""
     return self.layer.energy_value(params, x, mask)
 
   def combine(self, hparams, x, velocity, force):

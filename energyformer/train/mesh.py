@@ -8,7 +8,7 @@ import math
 import jax
 from jax.sharding import AxisType
 
-from energyformer.checks import check_positive_int
+from energyformer.checks import UsageError, check_positive_int
 from energyformer.train.sharding import DEFAULT_RULES, MESH_AXES, check_rules
 
 
@@ -31,9 +31,9 @@ class MeshConfig:
     sizes = self.sizes()
     for axis, size in zip(MESH_AXES, sizes):
       if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
-        raise ValueError(f"mesh axis {axis!r} must have a positive size or -1 (all remaining devices), got {size!r}.")
+        raise UsageError(f"mesh axis {axis!r} must have a positive size or -1 (all remaining devices), got {size!r}.")
     if sizes.count(-1) > 1:
-      raise ValueError(f"at most one mesh axis may be -1 (all remaining devices), got {dict(zip(MESH_AXES, sizes))}.")
+      raise UsageError(f"at most one mesh axis may be -1 (all remaining devices), got {dict(zip(MESH_AXES, sizes))}.")
     rules = tuple((name, tuple(axes)) for name, axes in self.rules)
     check_rules(rules)
     object.__setattr__(self, "rules", rules)
@@ -67,12 +67,12 @@ def parse_mesh(text: str) -> MeshConfig:
     axis, _, value = item.partition("=")
     axis = axis.strip()
     if axis not in MESH_AXES:
-      raise ValueError(f"unknown mesh axis {axis!r} in mesh {text!r}; the mesh axes are {', '.join(MESH_AXES)} "
+      raise UsageError(f"unknown mesh axis {axis!r} in mesh {text!r}; the mesh axes are {', '.join(MESH_AXES)} "
                        f"(e.g. 'fsdp=4,tensor=2'), or name a preset: {', '.join(PRESETS)}.")
     try:
       sizes[axis] = int(value)
     except ValueError:
-      raise ValueError(f"mesh axis {axis!r} needs an integer size in mesh {text!r}, got {value!r}; e.g. "
+      raise UsageError(f"mesh axis {axis!r} needs an integer size in mesh {text!r}, got {value!r}; e.g. "
                        f"'{axis}=2'.") from None
   if "data" not in sizes and -1 not in sizes.values():
     sizes["data"] = -1
@@ -85,12 +85,12 @@ def mesh_shape(config: MeshConfig, device_count: int) -> tuple[int, int, int, in
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if device_count % known:
-      raise ValueError(f"cannot fill mesh {dict(zip(MESH_AXES, sizes))} with {device_count} devices: the fixed axes "
+      raise UsageError(f"cannot fill mesh {dict(zip(MESH_AXES, sizes))} with {device_count} devices: the fixed axes "
                        f"need a multiple of {known}; choose sizes whose product divides {device_count} (e.g. "
                        f"--mesh fsdp) or run on a multiple of {known} devices.")
     sizes = tuple(device_count // known if s == -1 else s for s in sizes)
   if math.prod(sizes) > device_count:
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but only {device_count} "
+    raise UsageError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but only {device_count} "
                      "are available; shrink the mesh (e.g. --mesh data) or run on more devices.")
   return sizes
 

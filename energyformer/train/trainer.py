@@ -122,11 +122,11 @@ def check_batch(config: TrainerConfig, mesh) -> None:
   shards = batch_shards(mesh, config.mesh.rules)
   for name, size in (("batch_size", config.batch_size), ("eval_batch_size", config.evaluation_batch_size)):
     if size % shards:
-      raise ValueError(f"{name} {size} is not divisible by the data-parallel size {shards} (mesh axes data × fsdp = "
+      raise UsageError(f"{name} {size} is not divisible by the data-parallel size {shards} (mesh axes data × fsdp = "
                        f"{mesh.shape['data']} × {mesh.shape['fsdp']}); use a {name} that is a multiple of {shards}, "
                        "or a mesh with smaller data/fsdp axes (e.g. --mesh single).")
     if size % jax.process_count():
-      raise ValueError(f"{name} {size} is not divisible by the {jax.process_count()} processes; use a multiple of "
+      raise UsageError(f"{name} {size} is not divisible by the {jax.process_count()} processes; use a multiple of "
                        f"{jax.process_count()}.")
 
 

@@ -155,7 +155,8 @@ def load_tokenizer(run_dir) -> ByteTokenizer | BPETokenizer:
 def run_tokenizer(spec: str, run_dir, training_texts) -> ByteTokenizer | BPETokenizer:
   """The tokenizer of a run in ``run_dir``: the saved one when the directory has it (a resumed run; it must be of
   ``spec``'s kind, a BPE no larger than asked: a small corpus may give fewer merges), else ``spec``'s, a BPE trained
-  on ``training_texts()`` (an iterable of documents of the training split), saved there."""
+  on ``training_texts()`` (an iterable of documents of the training split), saved there. A byte-level run writes
+  nothing here: a directory without the file is one, and a run refused before it trains leaves no file behind."""
   kind, size = parse_tokenizer(spec)
   if (pathlib.Path(run_dir) / FILE_NAME).is_file():
     saved = load_tokenizer(run_dir)
@@ -163,7 +164,9 @@ def run_tokenizer(spec: str, run_dir, training_texts) -> ByteTokenizer | BPEToke
       raise ValueError(f"{run_dir} holds a run with tokenizer {tokenizer_name(saved)!r}, not {spec!r}; pass "
                        f"--tokenizer {tokenizer_name(saved)} to resume it or train into a new directory.")
     return saved
-  tokenizer = ByteTokenizer() if kind == BYTES else train_bpe(training_texts(), size)
+  if kind == BYTES:
+    return ByteTokenizer()
+  tokenizer = train_bpe(training_texts(), size)
   save_tokenizer(run_dir, tokenizer)
   return tokenizer
 

@@ -42,6 +42,7 @@ import grain
 import numpy as np
 
 from energyformer.checks import check_positive_int
+from energyformer.data.sources import GeneratedSource
 
 MODES = ("length", "sequence")
 SPLITS = ("train", "val", "test")
@@ -260,28 +261,18 @@ def decode_answer(config: LISConfig, tokens) -> np.ndarray:
   return after[:stop[0] if stop.size else after.size].astype(np.int32)
 
 
-class LISSource:
+class LISSource(GeneratedSource):
   """A grain random-access data source over one split: record ``i`` is ``{"numbers", "answer"}`` (int32 arrays).
 
   ``numbers`` is ``generate(config, split, i)`` and ``answer`` is ``solve(config, numbers)``;
   ``encode(config, **record)`` turns a record into a fixed-length example.
   """
 
-  def __init__(self, config: LISConfig, split: str):
-    _check_split(split)
-    self.config, self.split = config, split
+  noun = "examples"
 
-  def __len__(self) -> int:
-    return self.config.split_size(self.split)
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    if not 0 <= index < len(self):
-      raise IndexError(f"index {index} out of range for the {len(self)} examples of split {self.split!r}.")
+  def record(self, index: int) -> dict[str, np.ndarray]:
     numbers = generate(self.config, self.split, index)
     return {"numbers": numbers, "answer": solve(self.config, numbers)}
-
-  def __repr__(self) -> str:
-    return f"LISSource({self.config!r}, {self.split!r})"
 
 
 class EpochShuffled(grain.MapDataset):

@@ -22,6 +22,7 @@ import numpy as np
 
 from energyformer.checks import check_positive_int
 from energyformer.data.lis import EpochShuffled
+from energyformer.data.sources import GeneratedSource
 
 SPLITS = ("train", "val", "test")
 CELLS = 81
@@ -206,19 +207,12 @@ def generate(config: SudokuConfig, split: str, index: int) -> dict[str, np.ndarr
                      "attempts; raise min_clues (about 24 or more) or max_attempts.")
 
 
-class SudokuSource:
+class SudokuSource(GeneratedSource):
   """A grain random-access data source over one split: record ``i`` is ``generate(config, split, i)``."""
 
-  def __init__(self, config: SudokuConfig, split: str):
-    _check_split(split)
-    self.config, self.split = config, split
+  noun = "puzzles"
 
-  def __len__(self) -> int:
-    return self.config.split_size(self.split)
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    if not 0 <= index < len(self):
-      raise IndexError(f"index {index} out of range for the {len(self)} puzzles of split {self.split!r}.")
+  def record(self, index: int) -> dict[str, np.ndarray]:
     return generate(self.config, self.split, index)
 
 

@@ -46,6 +46,16 @@ def test_puzzles_are_valid_unique_and_have_their_clues():
   assert (sudoku.generate(exact, "val", 0)["puzzle"] > 0).sum() == 26
 
 
+def test_source_is_random_access_over_its_split():
+  source = sudoku.SudokuSource(CONFIG, "val")
+  assert len(source) == CONFIG.val_size
+  np.testing.assert_array_equal(source[1]["puzzle"], sudoku.generate(CONFIG, "val", 1)["puzzle"])
+  with pytest.raises(IndexError, match="2 puzzles of split 'val'"):
+    source[CONFIG.val_size]
+  with pytest.raises(ValueError, match="split must be one of"):
+    sudoku.SudokuSource(CONFIG, "dev")
+
+
 def test_generation_is_a_pure_function_of_seed_split_index():
   first = sudoku.generate(CONFIG, "val", 1)
   assert all(np.array_equal(first[k], sudoku.generate(CONFIG, "val", 1)[k]) for k in first)

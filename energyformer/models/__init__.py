@@ -8,5 +8,5 @@ from energyformer.models.graph_nodes import GraphNodeClassifier, edge_mask
 from energyformer.models.image_completion import (MASKINGS, ImageCompletion, ImageConfig, Masking, masked_rmse,
                                                   patch_masks, patchify, unpatchify)
 from energyformer.models.transformer_encoder import TransformerEncoder, count_params, matched_mlp_hidden
-from energyformer.models.hyper_set import HyperSET, HyperSETConfig, iteration_features
+from energyformer.models.hyper_set import HyperSET, HyperSETConfig, HyperSETLayer, iteration_features
 from energyformer.models.looped_encoder import LoopedEncoder

@@ -79,23 +79,22 @@ def _energy_params(energy, rngs):
   return nnx.data(jax.tree.map(nnx.Param, init_params(energy.specs(), rngs.params())))
 
 
-class HyperSET(nnx.Module):
-  """Tokens (B, N) → logits (B, N, num_classes) after ``T`` iterations of the shared layer (module docstring)."""
+class HyperSETLayer(nnx.Module):
+  """The recurrent layer alone: token states (B, N, D) → states after ``T`` iterations (module docstring). It reads
+  the layer fields of ``config`` (``dim`` … ``exact_gradient``); ``vocab_size``, ``length`` and ``num_classes``
+  belong to the model around it. Called as a token core (``layer(x, mask, key=None)``) it returns the states on
+  their sphere, ``sphere(x_T)``."""
 
   def __init__(self, config: HyperSETConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.attention = SphereAttention(config.dim, config.num_heads, config.head_dim)
     self.feedforward = SphereFeedForward(config.dim, config.hidden)
-    self.embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.vocab_size, config.dim)))
-    self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.length, config.dim)))
     self.attention_params = _energy_params(self.attention, rngs)
     self.feedforward_params = _energy_params(self.feedforward, rngs)
     self.time_hidden = nnx.Linear(config.time_dim, config.dim, rngs=rngs)
     inverse_softplus = math.log(math.expm1(config.initial_step))
     self.time_out = nnx.Linear(config.dim, 2 * config.dim, kernel_init=nnx.initializers.zeros,
                                bias_init=nnx.initializers.constant(inverse_softplus), rngs=rngs)
-    self.norm_scale = nnx.Param(jnp.ones(config.dim))
-    self.head = nnx.Param(config.dim ** -0.5 * jax.random.normal(rngs.params(), (config.dim, config.num_classes)))
 
   def step_sizes(self, iterations: int):
     """``(a_t, b_t)`` for ``t = 1 … iterations``: (iterations, 2, D), positive."""
@@ -113,10 +112,11 @@ class HyperSET(nnx.Module):
     return (lambda x, mask: self.attention.symmetric_field(att_params, x, mask),
             lambda x, mask: self.feedforward.field(ff_params, x))
 
-  def encode(self, tokens, iterations: int | None = None, mask=None):
-    """The token states (B, N, D) after ``iterations`` (default ``config.iterations``) steps; ``mask`` (N, N)."""
-    if jnp.ndim(tokens) != 2 or tokens.shape[1] > self.config.length:
-      raise ValueError(f"tokens must have shape (batch, length ≤ {self.config.length}), got {jnp.shape(tokens)}.")
+  def iterate(self, x, iterations: int | None = None, mask=None):
+    """The states (B, N, D) after ``iterations`` (default ``config.iterations``) steps from ``x`` (B, N, D);
+    ``mask`` (N, N)."""
+    if jnp.ndim(x) != 3 or x.shape[-1] != self.config.dim:
+      raise ValueError(f"states must have shape (batch, tokens, dim={self.config.dim}), got {jnp.shape(x)}.")
     iterations = self.config.iterations if iterations is None else iterations
     check_positive_int("iterations", iterations)
     solver = solvers.get(self.config.solver)
@@ -135,8 +135,30 @@ class HyperSET(nnx.Module):
 
       return jax.lax.scan(body, (x, (solver.init(x), solver.init(x))), steps)[0][0]
 
-    x = self.embed[...][tokens] + self.positions[...][:tokens.shape[1]]
     return jax.vmap(run)(x)
+
+  def __call__(self, x, mask=None, *, key=None, iterations: int | None = None):
+    """``sphere(x_T)`` (B, N, D) for states ``x`` (B, N, D); ``key`` is accepted for a common core signature and
+    unused (no noise)."""
+    del key
+    return sphere(self.iterate(x, iterations, mask))
+
+
+class HyperSET(HyperSETLayer):
+  """Tokens (B, N) → logits (B, N, num_classes) after ``T`` iterations of the shared layer (module docstring)."""
+
+  def __init__(self, config: HyperSETConfig, *, rngs: nnx.Rngs):
+    super().__init__(config, rngs=rngs)
+    self.embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.vocab_size, config.dim)))
+    self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.length, config.dim)))
+    self.norm_scale = nnx.Param(jnp.ones(config.dim))
+    self.head = nnx.Param(config.dim ** -0.5 * jax.random.normal(rngs.params(), (config.dim, config.num_classes)))
+
+  def encode(self, tokens, iterations: int | None = None, mask=None):
+    """The token states (B, N, D) after ``iterations`` (default ``config.iterations``) steps; ``mask`` (N, N)."""
+    if jnp.ndim(tokens) != 2 or tokens.shape[1] > self.config.length:
+      raise ValueError(f"tokens must have shape (batch, length ≤ {self.config.length}), got {jnp.shape(tokens)}.")
+    return self.iterate(self.embed[...][tokens] + self.positions[...][:tokens.shape[1]], iterations, mask)
 
   def __call__(self, tokens, iterations: int | None = None, mask=None):
     """Logits (B, N, num_classes) after ``iterations`` steps (any number: test-time iteration scaling)."""

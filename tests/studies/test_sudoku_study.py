@@ -63,3 +63,29 @@ def test_tiny_study_writes_its_results(tmp_path):
   for name in ("results.csv", "results.json", "metrics.jsonl", "sudoku.png"):
     assert (tmp_path / name).exists()
   assert json.loads((tmp_path / "results.json").read_text())["study"]["iterations"] == TINY.iterations
+
+
+def test_elimination_accuracy_against_a_loop_over_cells():
+  """``1 / #candidates`` averaged over the blanks, candidates found by scanning each blank's row, column and box."""
+  rng = np.random.default_rng(2)
+  solution = np.tile(np.arange(1, 10), 9)  # any digits: only the clues' positions and values matter
+  puzzles = np.stack([np.where(rng.random(81) < 0.4, rng.permutation(solution), 0) for _ in range(3)])
+  inverse = []
+  for puzzle in puzzles:
+    for cell in np.flatnonzero(puzzle == 0):
+      r, c = divmod(cell, 9)
+      peers = {(r, j) for j in range(9)} | {(i, c) for i in range(9)} | {
+          (3 * (r // 3) + i, 3 * (c // 3) + j) for i in range(3) for j in range(3)}
+      seen = {puzzle[9 * i + j] for i, j in peers if 9 * i + j != cell}
+      inverse.append(1 / max(9 - len(seen - {0}), 1))
+  assert np.isclose(study_lib.elimination_accuracy(puzzles), np.mean(inverse))
+  assert np.isclose(study_lib.elimination_accuracy(np.zeros((1, 81), int)), 1 / 9)
+
+
+def test_unit_positions_are_sums_of_row_column_and_box_vectors():
+  """``P[i] = R[row] + C[column] + B[box]``: two cells' difference depends only on the units they do not share."""
+  table = np.asarray(study_lib.unit_positions(jax.random.key(0), 4))
+  assert table.shape == (81, 4)
+  np.testing.assert_allclose(table[0] - table[1], table[9] - table[10], atol=1e-6)   # rows 0, 1; columns 0, 1
+  np.testing.assert_allclose(table[0] - table[27], table[1] - table[28], atol=1e-6)  # rows 0, 3; columns 0, 1
+  assert not np.allclose(table[2] - table[3], table[29] - table[30])                  # across boxes: B differs

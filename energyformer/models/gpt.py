@@ -156,8 +156,9 @@ class GPT(nnx.Module):
 
     ``depth``: the number of depth steps to run (default ``config.depth``); another value needs ``shared=True``
     (a weight-shared stack can run for any number of steps: test-time depth extrapolation). ``return_energy``:
-    also return each sequence's energy at the input of every depth step, ``E_l(x_l)`` of shape (B, depth) (the
-    energy the step descends: the attention energy, plus the MLP's potential when the block has one)."""
+    also return each sequence's energy before and after every depth step, ``E_l(x_l)`` and ``E_l(x_{l+1})``, each
+    of shape (B, depth) (the energy step l descends: the attention energy, plus the MLP's potential when the block
+    has one)."""
     if jnp.ndim(tokens) != 2:
       raise ValueError(f"tokens must have shape (batch, length), got {jnp.shape(tokens)}.")
     length = tokens.shape[1]
@@ -167,7 +168,7 @@ class GPT(nnx.Module):
     x = self.embed[...][tokens] + self.positions[...][:length]
     rollout = self.blocks.rollout(x, masks.causal(length), record_energy=return_energy, num_steps=depth)
     logits = self.readout(rollout.x)
-    return (logits, rollout.energy_before) if return_energy else logits
+    return (logits, rollout.energy_before, rollout.energy_after) if return_energy else logits
 
   def readout(self, x):
     """Logits (..., V) of final token states (..., D): LayerNorm, then the (tied) output projection."""

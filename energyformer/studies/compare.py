@@ -2,8 +2,8 @@
 ``energyformer compare`` command and its report.
 
 An *arm* is a registered attention variant (``standard``, ``momentum``, ``nesterov``, a user's ...), or
-``VARIANT+energy``: that variant trained on cross-entropy plus ``energy_weight`` times the layers' energies
-(``pretrain.energy_regularised_loss``). Each arm's seeds train as one population of the shared trainer
+``VARIANT+energy``: that variant trained on cross-entropy plus ``energy_weight`` times the relative descent of the
+layers' energies (``pretrain.energy_regularised_loss``). Each arm's seeds train as one population of the shared trainer
 (``energyformer.train.population``: one ``jax.vmap``-ed program); seed ``s`` initialises its model with ``s`` and
 reads the training split in its own order, the same order in every arm. Every arm sees the same tokenizer (bytes, or
 a BPE trained once on the training split and saved in the output directory), the same validation sequences, the
@@ -68,7 +68,7 @@ class CompareStudy:
   arms: tuple[str, ...] = ("standard", "momentum", "nesterov", "standard+energy")
   seeds: int = 3
   tokenizer: str = tokenizers.BYTES
-  energy_weight: float = 1e-3
+  energy_weight: float = 1e-2
   steps: int = 300
   batch_size: int = 16
   optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, warmup_steps=30, weight_decay=0.01)
@@ -92,7 +92,7 @@ class CompareStudy:
     tokenizers.parse_tokenizer(self.tokenizer)
     if any(arm.endswith(ENERGY_SUFFIX) for arm in self.arms) and not self.energy_weight > 0:
       raise ValueError(f"the +energy arms need a positive energy_weight, got {self.energy_weight!r}; pass e.g. "
-                       "--energy-weight 1e-3.")
+                       "--energy-weight 1e-2.")
     check_range("confidence", self.confidence, 0.0, 1.0, low_open=True, high_open=True,
                 fix="Use a confidence level such as 0.95.")
 
@@ -142,6 +142,7 @@ def train_arm(study: CompareStudy, arm: str, tokenizer, out: pathlib.Path, bar) 
   return {"arm": arm, "eval_steps": runs[0]["eval_steps"],
           "val_loss": [run["curves"]["val"]["loss"] for run in runs],
           "val_energy": [run["curves"]["val"]["energy"] for run in runs],
+          "val_descent": [run["curves"]["val"]["descent"] for run in runs],
           "train_loss": [run["train_loss"] for run in runs], "seconds_per_step": runs[0]["seconds_per_step"]}
 
 

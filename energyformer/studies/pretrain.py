@@ -53,25 +53,44 @@ def next_token_loss(model, tokens) -> jax.Array:
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]))
 
 
-def loss_and_energy(model, tokens) -> tuple[jax.Array, jax.Array]:
-  """``next_token_loss`` and the depth energy ``R = (1/BT) Σ_b Σ_l E_l(x_{b,l})`` of the same forward pass: the
-  energy each depth step descends, at that step's input state, summed over the steps, per token of the batch."""
-  logits, energies = model(tokens[:, :-1], return_energy=True)
+# ε of ``relative_descent``'s denominator: keeps the ratio's gradient finite where both energies vanish.
+DESCENT_EPSILON = 1e-6
+
+
+def relative_descent(before, after) -> jax.Array:
+  """``D = (1/B) Σ_b Σ_l (a_bl − e_bl) / (|a_bl| + |e_bl| + ε)``, ε = ``DESCENT_EPSILON``: each depth step's change
+  of its own energy, ``e_bl = E_l(x_{b,l})`` before and ``a_bl = E_l(x_{b,l+1})`` after the step (both (B, depth)),
+  relative to the energies' sizes. Each term lies in [−1, 1] (``|a − e| ≤ |a| + |e|``), so −depth ≤ D ≤ depth; a
+  negative term is a step that lowers its energy."""
+  return jnp.sum((after - before) / (jnp.abs(after) + jnp.abs(before) + DESCENT_EPSILON)) / before.shape[0]
+
+
+def loss_and_energies(model, tokens) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``next_token_loss``, the depth energy ``R = (1/BT) Σ_b Σ_l E_l(x_{b,l})`` (the energy each depth step
+  descends, at that step's input state, summed over the steps, per token of the batch) and the relative descent
+  ``D`` (``relative_descent``), all of the same forward pass."""
+  logits, before, after = model(tokens[:, :-1], return_energy=True)
   at_least_32 = lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))
   cross_entropy = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(at_least_32(logits), tokens[:, 1:]))
-  return cross_entropy, jnp.sum(at_least_32(energies)) / (tokens.shape[0] * (tokens.shape[1] - 1))
+  before, after = at_least_32(before), at_least_32(after)
+  return (cross_entropy, jnp.sum(before) / (tokens.shape[0] * (tokens.shape[1] - 1)),
+          relative_descent(before, after))
 
 
 def energy_regularised_loss(model, tokens, energy_weight: float) -> jax.Array:
-  """``CE + λ R`` (``loss_and_energy``), λ = ``energy_weight``; ``next_token_loss`` itself when λ = 0.
+  """``CE + λ D`` (``loss_and_energies``), λ = ``energy_weight``; ``next_token_loss`` itself when λ = 0. Bounded
+  below by ``CE − λ depth``.
 
-  This project's reading of training with the layers' free energy as a regulariser: the forward pass minimises
-  the energy over the token states, and the weights are trained on cross-entropy plus λ times the energies the
-  layers met, in one joint loss rather than alternating phases."""
+  This project's reading of training with the layers' free energy as a regulariser in an alternating optimisation
+  (the forward pass lowers each layer's energy over the token states, the weights are trained on cross-entropy):
+  the weights are rewarded for depth steps that *descend* their energies — the relative descent ``D`` — rather
+  than for low energies. The energies' values are not bounded below in the weights (aligning queries with keys
+  lowers a softmax free energy without limit), so ``CE + λ R`` runs away; each term of ``D`` lies in [−1, 1]. One
+  joint loss rather than alternating phases."""
   if energy_weight == 0:
     return next_token_loss(model, tokens)
-  cross_entropy, energy = loss_and_energy(model, tokens)
-  return cross_entropy + energy_weight * energy
+  cross_entropy, _, descent = loss_and_energies(model, tokens)
+  return cross_entropy + energy_weight * descent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +98,8 @@ class TextTask:
   """Next-token prediction on a text corpus with the GPT decoder ``model`` (``energyformer.train.task.Task``).
 
   ``tokenizer``: bytes (default) or a trained BPE (``energyformer.data.tokenizers``). ``energy_weight`` λ trains
-  on ``energy_regularised_loss``; ``measure_energy`` adds the depth energy ``R`` to the evaluations. The
+  on ``energy_regularised_loss``; ``measure_energy`` adds the depth energy ``R`` and the relative descent ``D`` to
+  the evaluations. The
   validation loss is the mean over the first ``eval_sequences`` sequences of the validation split, in file order.
   """
 
@@ -130,11 +150,11 @@ class TextTask:
     return {"val": next(iter(sequences))}
 
   def evaluate(self, model, batch):
-    """``{"loss": next_token_loss}``, and ``"energy"`` (``R``) with ``measure_energy``."""
+    """``{"loss": next_token_loss}``, and ``"energy"`` (``R``) and ``"descent"`` (``D``) with ``measure_energy``."""
     if not self.measure_energy:
       return {"loss": next_token_loss(model, batch["tokens"])}
-    loss, energy = loss_and_energy(model, batch["tokens"])
-    return {"loss": loss, "energy": energy}
+    loss, energy, descent = loss_and_energies(model, batch["tokens"])
+    return {"loss": loss, "energy": energy, "descent": descent}
 
   def identity(self) -> dict:
     """The model, the data's content settings, and a BPE tokenizer or an energy weight when used."""
@@ -383,7 +403,8 @@ def add_tokenizer_options(command) -> None:
   command.add_argument("--tokenizer", help="bytes (default: UTF-8 bytes) or bpe:VOCAB, a byte-level BPE of VOCAB ids "
                                            "trained on the training split and saved with the run (e.g. bpe:4096)")
   command.add_argument("--energy-weight", type=float, metavar="LAMBDA",
-                       help="train on cross-entropy + LAMBDA x the layers' energies per token (default 0)")
+                       help="train on cross-entropy + LAMBDA x the relative descent of the layers' energies, summed "
+                            "over depth (each layer's term in [-1, 1]; default 0)")
 
 
 def _options(command) -> None:

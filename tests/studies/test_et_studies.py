@@ -36,8 +36,14 @@ def test_equilibrium_core_is_the_et_block_run_to_its_fixed_point():
   assert et_images.count_params(model) == et_images.count_params(plain)
   row = {"test_rmse": 0.2, "core_params": 10, "seconds": 1.0}
   table = et_images.format_table({"mean_patch": {"test_rmse": 0.3}, "et": row, "et_equilibrium": {
-      **row, "convergence": {"mean_steps": 30.0, "max_steps": 41, "max_residual": 9e-4, "tol": 1e-3}}})
-  assert "mean patch" in table and "ET equilibrium" in table and "max 41" in table
+      **row, "convergence": {"mean_steps": 30.0, "max_steps": 41, "max_residual": 9e-4, "unconverged": 2, "images": 64,
+                             "tol": 1e-3}}})
+  assert "mean patch" in table and "ET equilibrium" in table and "max 41" in table and "2 of 64 not" in table
+  solve = et_images.study_from_args(_parse(["et-images", "--equilibrium", "--eq-max-steps", "7", "--eq-tol", "0.05"]))
+  config = nnx.eval_shape(lambda: et_images.et_model(solve, nnx.Rngs(0), equilibrium=True)).core.config
+  assert (config.max_steps, config.tol, config.depth) == (7, 0.05, solve.et.depth)
+  with pytest.raises(ValueError, match="equilibrium_tol"):
+    et_images.study_from_args(_parse(["et-images", "--eq-tol", "0"]))
 
 
 def test_graphs_options_choose_the_source():

@@ -6,9 +6,11 @@ velocity (``layers.HeavyBall``), so all three variants compute the same function
 
 * ``stored``: ``unroll(..., remat=False)`` — autodiff keeps every step's activations;
 * ``checkpoint``: ``unroll(..., remat=True)`` — ``jax.checkpoint`` per step keeps each step's input carry ``(x, m)``;
-* ``reversible``: ``reversible_unroll`` — one exact carry per segment of ``DEFAULT_SEGMENT`` (4) steps, the rest
-  rebuilt (the float32-safe default); ``reversible/8`` and ``reversible/all`` with segments of 8 steps and of the
-  whole depth (only the output kept), which trade float32 precision for memory (``layers.reversible``).
+* ``reversible``: ``reversible_unroll`` as configured by default — one exact carry per segment of
+  ``DEFAULT_SEGMENT`` (6) steps, the rest rebuilt (float32 within the documented bound), each step's VJP taken one
+  sequence and one part (attention, MLP) at a time; ``reversible/4`` with segments of 4 steps;
+  ``reversible/batch`` with the whole batch's VJP at once (``vjp_chunk=None``, the layout under a mesh);
+  ``reversible/all`` keeping only the output (float32-inexact at this depth: ``layers.reversible``).
 
 The train step is ``jax.grad`` of ``sum(out²)`` with respect to the stacked parameters, the solver hyperparameters
 and the tokens, vmapped over a batch of causal sequences. Memory is XLA's temporary buffer of the compiled step
@@ -33,7 +35,6 @@ import jax.numpy as jnp
 
 from energyformer.energies import init_params, masks
 from energyformer.layers import HeavyBall, reversible_unroll, unroll
-from energyformer.layers.reversible import DEFAULT_SEGMENT
 from energyformer.models import gpt
 
 MEMORY_LIMIT, TIME_LIMIT = 0.3, 1.5  # reversible / checkpoint at the deepest depth
@@ -45,7 +46,8 @@ def momentum_block(dim: int, heads: int):
   return gpt.block(config)
 
 
-SEGMENTS = {"reversible": DEFAULT_SEGMENT, "reversible/8": 8, "reversible/all": None}
+REVERSIBLE = {"reversible": {}, "reversible/4": {"segment": 4}, "reversible/batch": {"vjp_chunk": None},
+              "reversible/all": {"segment": None}}
 
 
 def train_step(kind: str, layer, depth: int):
@@ -53,8 +55,8 @@ def train_step(kind: str, layer, depth: int):
 
   def apply(params, hparams, x):
     mask = masks.causal(x.shape[-2])
-    if kind in SEGMENTS:  # a batch inside the reversible scan, as EnergyStack runs it
-      return reversible_unroll(layer, params, hparams, x, mask, num_steps=depth, segment=SEGMENTS[kind]).x
+    if kind in REVERSIBLE:  # a batch inside the reversible scan, as EnergyStack runs it
+      return reversible_unroll(layer, params, hparams, x, mask, num_steps=depth, **REVERSIBLE[kind]).x
     run = lambda xi: unroll(HeavyBall(layer), params, hparams, xi, mask, num_steps=depth, remat=kind == "checkpoint")
     return jax.vmap(run)(x).x
 
@@ -73,7 +75,7 @@ def timed(compiled, args, repeats: int) -> list[float]:
   return times
 
 
-KINDS = ("stored", "checkpoint", *SEGMENTS)
+KINDS = ("stored", "checkpoint", *REVERSIBLE)
 
 
 def measure_depth(depth: int, dim: int, heads: int, seq: int, batch: int, repeats: int) -> dict:

@@ -25,12 +25,20 @@ stores the exact carry ``(x, m)`` at the end of every ``segment`` steps (a few c
 and reverses at most ``segment`` steps from an exact carry, so the amplification is bounded by ``β^{-segment}``
 whatever the depth. ``segment=None`` reverses the whole depth from the output alone (right in float64 or for a
 shallow stack). The float32 bound this project documents and tests (``FLOAT32_RELATIVE_BOUND``): for pre-normalised
-blocks (LayerNorm Lagrangian, as in GPT) with ``β ≥ 0.5``, ``η ≤ 1`` and ``segment ≤ DEFAULT_SEGMENT`` (4), every
+blocks (LayerNorm Lagrangian, as in GPT) with ``β ≥ 0.5``, ``η ≤ 1`` and ``segment ≤ DEFAULT_SEGMENT`` (6), every
 gradient (parameters, hyperparameters, input tokens) differs from the stored-activation gradient by at most 1e-3 of
 that gradient's largest entry (measured: 5e-6 at segment 4, 5e-5 at 6, 1.4e-3 at 8 — each step reversed multiplies
-the error by about 3). The bound cannot be proved for every energy, so the backward pass measures it: the gap
-between each exact carry and the carry rebuilt onto it (and between the input and the rebuilt input) is the
-reversal error of that segment, and a ``ReversalDriftWarning`` reports any gap above the bound.
+the error by about 3; the default 6 keeps a 20× margin). The bound cannot be proved for every energy, so the backward
+pass measures it: the gap between each exact carry and the carry rebuilt onto it (and between the input and the
+rebuilt input) is the reversal error of that segment, and a ``ReversalDriftWarning`` reports any gap above the bound.
+
+**Workspace.** Past the carries, the backward pass holds one step's VJP (attention weights, the MLP's hidden layer,
+their cotangents). The force's VJP needs only the velocity cotangent (``m⁺ = βm + u`` passes it to ``u`` unchanged),
+so it runs before the inversion and yields ``u`` as well; it is taken one part at a time (an optimisation barrier
+between the attention and MLP terms) and one chunk of ``vjp_chunk`` sequences at a time (a ``lax.scan`` over the
+batch summing the weight gradients), which divides that workspace by about the batch size at the cost of one more
+weight-gradient buffer. Under a mesh (``pin_axes``) the whole local batch is taken at once, as a scan over a
+split batch axis would gather it.
 """
 from __future__ import annotations
 
@@ -46,7 +54,7 @@ from energyformer.checks import check_positive_int, concrete
 from energyformer.layers.split import Split
 from energyformer.layers.stack import Rollout, check_hparam_shapes
 
-DEFAULT_SEGMENT = 4
+DEFAULT_SEGMENT = 6
 FLOAT32_RELATIVE_BOUND = 1e-3
 HEAVY_BALL = "momentum"
 FOLDABLE = "gd"
@@ -174,12 +182,68 @@ def _pinned(x, pin_axes):
 
 
 def _batched_force(form, batched: bool, mask_axis):
-  """``form.force`` on one sequence, or vmapped over a batch inside the VJP (so that the weight gradients are
-  reduced over the batch in each step's transpose rather than kept per sequence)."""
+  """``form.force`` on one sequence, or vmapped over a batch (B, N, D) (the forward pass)."""
   if not batched:
     return form.force
   return lambda theta, h, x, mask: jax.vmap(lambda xi, mi: form.force(theta, h, xi, mi),
                                             in_axes=(0, mask_axis))(x, mask)
+
+
+def _term(part, mask, batched: bool, mask_axis):
+  """The force's term ``(θ_k, h_k, x) → −η_k G_k(x)`` of one part, on one sequence or vmapped over a batch (the
+  weight gradients then reduced over the batch inside the VJP's transpose rather than kept per sequence)."""
+  term = lambda t, hh, z, m: -hh["eta"] * part.gradient(t, z, m)
+  if not batched:
+    return lambda t, hh, z: term(t, hh, z, mask)
+  return lambda t, hh, z: jax.vmap(term, in_axes=(None, None, 0, mask_axis))(t, hh, z, mask)
+
+
+def _force_vjp(form, theta, h, x, mask, g, batched: bool = False, mask_axis=None):
+  """``u(x)`` on tokens ``x`` (N, D) or a batch (B, N, D) and its VJP ``(∂u/∂θ)ᵀ g, (∂u/∂h)ᵀ g, (∂u/∂x)ᵀ g``,
+  taken part by part: the force's term ``−η_k G_k(x)`` of each part in turn, an optimisation barrier between
+  them, so that the step's backward workspace is the largest part's rather than the sum of all of them."""
+  split = isinstance(form.layer, Split)
+  parts = form.layer.parts if split else (form.layer,)
+  pick = (lambda tree, k: tree[k]) if split else (lambda tree, k: tree)
+  u, gx, gthetas, ghs = jnp.zeros_like(x), jnp.zeros_like(x), [], []
+  for k, part in enumerate(parts):
+    if k:  # the next part's VJP starts once the previous one is done
+      x, g, u, gx = jax.lax.optimization_barrier((x, g, u, gx))
+    u_k, vjp = jax.vjp(_term(part, mask, batched, mask_axis), pick(theta, k), pick(h, k), x)
+    gtheta, gh, gx_k = vjp(g)
+    u, gx = u + u_k, gx + gx_k
+    gthetas.append(gtheta)
+    ghs.append(gh)
+  return u, (tuple(gthetas) if split else gthetas[0]), (tuple(ghs) if split else ghs[0]), gx
+
+
+def _batched_force_vjp(form, batched: bool, mask_axis, chunk: int | None):
+  """``_force_vjp`` over a batch (B, N, D): one chunk of ``chunk`` sequences after another (a ``lax.scan`` over the
+  batch; the weight gradients summed in its carry), each chunk vmapped; ``chunk=None`` the whole batch at once."""
+  if not batched:
+    return lambda theta, h, x, mask, g: _force_vjp(form, theta, h, x, mask, g)
+
+  def vmapped(theta, h, x, mask, g):
+    return _force_vjp(form, theta, h, x, mask, g, batched=True, mask_axis=mask_axis)
+
+  def chunked(theta, h, x, mask, g):
+    size = x.shape[0]
+    if chunk is None or chunk >= size or size % chunk:
+      return vmapped(theta, h, x, mask, g)
+    split = lambda leaf: leaf.reshape((size // chunk, chunk) + leaf.shape[1:])
+    masks_chunked = split(mask) if mask_axis == 0 else None
+
+    def body(sums, inputs):
+      xc, mc, gc = inputs
+      u, gtheta, gh, gx = vmapped(theta, h, xc, mask if mask_axis is None else mc, gc)
+      return jax.tree.map(jnp.add, sums, (gtheta, gh)), (u, gx)
+
+    zeros = jax.tree.map(jnp.zeros_like, (theta, h))
+    (gtheta, gh), (u, gx) = jax.lax.scan(body, zeros, (split(x), masks_chunked, split(g)))
+    merge = lambda leaf: leaf.reshape((size,) + leaf.shape[2:])
+    return merge(u), gtheta, gh, merge(gx)
+
+  return chunked
 
 
 def _slice(tree, index, stacked: bool):
@@ -204,7 +268,7 @@ class ReversalDriftWarning(UserWarning):
   """The backward pass of a reversible stack rebuilt a carry measurably off the exact one."""
 
 
-def _depth_scan(form, force, num_steps, segment, stacked_params, stacked_hparams, pin_axes):
+def _depth_scan(form, force, force_vjp, num_steps, segment, stacked_params, stacked_hparams, pin_axes):
   """The reversible scan ``(params, hparams, x, m, mask) → (x_L, m_L)`` as a ``jax.custom_vjp``."""
   num_segments = -(-num_steps // segment)
 
@@ -246,12 +310,13 @@ def _depth_scan(form, force, num_steps, segment, stacked_params, stacked_hparams
       x_next, m_next = jax.tree.map(lambda end, rebuilt: jnp.where(segment_end, end, rebuilt), exact,
                                     (x_next, m_next))
       x = _pinned(x_next - m_next, pin_axes)
-      u, force_vjp = jax.vjp(lambda t, hh, z: force(t, hh, z, mask), theta, h, x)
+      # m⁺ reaches the output directly and through x⁺ = x + m⁺; m⁺ = βm + u passes it to u unchanged, so the
+      # force's VJP needs no m and gives u for the inversion in the same pass.
+      g_velocity = gm + gx
+      u, gtheta, gh_force, gx_force = force_vjp(theta, h, x, mask, g_velocity)
       m = (m_next - u) / form.beta(h)
-      _, combine_vjp = jax.vjp(lambda hh, mm, uu: form.combine(hh, x, mm, uu)[1], h, m, u)
-      g_velocity = gm + gx  # m⁺ reaches the output directly and through x⁺ = x + m⁺
-      gh_combine, gm, g_force = combine_vjp(g_velocity)
-      gtheta, gh_force, gx_force = force_vjp(g_force)
+      _, combine_vjp = jax.vjp(lambda hh, mm: form.combine(hh, x, mm, u)[1], h, m)
+      gh_combine, gm = combine_vjp(g_velocity)
       gh = jax.tree.map(jnp.add, gh_combine, gh_force)
       gx = gx + gx_force
       if stacked_params:
@@ -282,7 +347,7 @@ def _depth_scan(form, force, num_steps, segment, stacked_params, stacked_hparams
 
 def reversible_unroll(layer, params, hparams, x, mask=None, *, num_steps: int, stacked_params: bool = True,
                       stacked_hparams: bool = False, state=None, segment: int | None = DEFAULT_SEGMENT,
-                      pin_axes: tuple[str, ...] | None = None) -> Rollout:
+                      pin_axes: tuple[str, ...] | None = None, vjp_chunk: int | None = 1) -> Rollout:
   """``unroll`` of ``HeavyBall(layer)`` on tokens ``x`` (N, D) or a batch (B, N, D) (``mask`` (N, N) or (B, N, N),
   ``state`` batched like ``x``), whose backward pass rebuilds the activations.
 
@@ -291,9 +356,12 @@ def reversible_unroll(layer, params, hparams, x, mask=None, *, num_steps: int, s
   ``segment=None`` keeps only the output. Time: one extra force evaluation per step in the backward pass, against
   remat's re-run of the step. Precision: module docstring. ``pin_axes``: constrain the token states at every step
   to one layout on the current mesh (``unroll``'s ``pin_tokens``): whole along tokens and features, a batch split
-  over those mesh axes.
+  over those mesh axes. ``vjp_chunk``: sequences per VJP in the backward pass of a batch (module docstring;
+  ``None``, a batch it does not divide, or ``pin_axes`` given: the whole batch at once).
   """
   check_positive_int("num_steps", num_steps)
+  if vjp_chunk is not None:
+    check_positive_int("vjp_chunk", vjp_chunk)
   if segment is not None:
     check_positive_int("segment", segment)
   segment = num_steps if segment is None else min(segment, num_steps)
@@ -303,7 +371,8 @@ def reversible_unroll(layer, params, hparams, x, mask=None, *, num_steps: int, s
   if state is None:
     state = jax.vmap(layer.init_state)(x) if batched else layer.init_state(x)
   mask_axis = 0 if mask is not None and jnp.ndim(mask) == 3 else None
-  run = _depth_scan(form, _batched_force(form, batched, mask_axis), num_steps, segment, stacked_params,
-                    stacked_hparams, pin_axes)
+  chunk = None if pin_axes is not None else vjp_chunk
+  run = _depth_scan(form, _batched_force(form, batched, mask_axis), _batched_force_vjp(form, batched, mask_axis, chunk),
+                    num_steps, segment, stacked_params, stacked_hparams, pin_axes)
   x, velocity = run(params, hparams, x, form.velocity(state), mask)
   return Rollout(x, form.with_velocity(state, velocity), None, None)

@@ -200,3 +200,22 @@ def test_zero_momentum_and_non_momentum_gpt_are_refused():
     GPTConfig(vocab_size=11, context_length=6, variant="standard", reversible=True)
   with pytest.raises(ValueError, match="lie_trotter"):
     GPTConfig(vocab_size=11, context_length=6, variant="momentum", splitting="strang", reversible=True)
+
+
+@pytest.mark.parametrize("chunk", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(None, marks=pytest.mark.slow)])
+def test_batch_backward_by_chunks_of_sequences_equals_stored_gradients(chunk):
+  """The backward pass taking each step's VJP one chunk of ``chunk`` sequences and one part at a time (a mask per
+  sequence) gives the stored-activation gradients of the batch, float64 to 1e-10; a non-positive chunk is
+  refused."""
+  layer = _light_block()
+  with jax.enable_x64(True):
+    params, hparams, _ = _setup(layer, 2, jnp.float64)
+    x = jax.random.normal(jax.random.key(7), (4, N, D), jnp.float64)
+    mask = jnp.stack([masks.causal(N), jnp.ones((N, N), bool)] * 2)
+    stored = _gradients(lambda p, h, z: jax.vmap(lambda zi, mi: unroll(HeavyBall(layer), p, h, zi, mi, num_steps=2,
+                                                                       remat=False))(z, mask), params, hparams, x)
+    result = _gradients(lambda p, h, z: reversible_unroll(layer, p, h, z, mask, num_steps=2, segment=None,
+                                                          vjp_chunk=chunk), params, hparams, x)
+    with pytest.raises(ValueError, match="vjp_chunk"):
+      reversible_unroll(layer, params, hparams, x, num_steps=2, vjp_chunk=0)
+  assert max(_relative_errors(stored, result)) < 1e-10

@@ -10,9 +10,9 @@ equilibrium mode (run to its fixed point, anchored to the input tokens, differen
 ``layers.equilibrium``), reported beside the T-step unrolled ET with its training time and the steps it took.
 Its solve budget (``equilibrium_max_steps``, ``equilibrium_tol``; ``--eq-max-steps``, ``--eq-tol``) is this
 project's choice for the CPU: at most 30 anchored steps to relative step 1e-2, and the adjoint GMRES bounded by the
-same 30 (one cycle of 20 Krylov vectors): the forward pass then costs about the unrolled ET's 12 steps, and the
-implicit gradient is the first-order-accurate one of a fixed point known to that tolerance. Both ETs train for the
-same steps on the same batches.
+same 30 (one cycle of 20 Krylov vectors): a training step then costs about twice the unrolled ET's (against 7× with
+1e-3 within 100 steps), and the implicit gradient is that of a fixed point known to that tolerance (``BENCHMARKS.md``).
+Both ETs train for the same steps on the same batches.
 """
 from __future__ import annotations
 

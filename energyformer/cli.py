@@ -119,7 +119,9 @@ def _demo(args) -> None:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-  """Every option's help ends with its default, unless the help already states one or the default is ``None``."""
+  """Every option's help ends with its default, unless the help already states one or the default is ``None``
+  (what an unset option means — the preset's value, none, detected — is for its help to say, as
+  ``tests/test_cli_help.py`` checks)."""
 
   def _get_help_string(self, action):
     text = action.help or ""
@@ -154,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
   root.add_argument("--version", action="version", version=f"%(prog)s {version()}")
   root.add_argument("--plugin", action="append", metavar="FILE_OR_MODULE",
                     help="import a Python file or module first (its registered solvers, variants and commands "
-                         "become available); repeatable")
+                         "become available); repeatable (default: none)")
   commands = root.add_subparsers(dest="command", required=True)
   for spec in sorted(discover().values(), key=lambda c: c.name):
     sub = commands.add_parser(spec.name, help=spec.help, description=spec.description or spec.help,

@@ -25,13 +25,37 @@ def _commands():
   return subparsers.choices
 
 
-@pytest.mark.parametrize("name", sorted(cli.discover()))
-def test_every_help_shows_the_defaults(name):
-  """In every command's ``--help``, each option with a default (other than ``None``) shows it."""
-  sub = _commands()[name]
-  formatter = sub._get_formatter()
-  for action in sub._actions:
-    if not action.option_strings or action.default in (None, argparse.SUPPRESS) or action.dest == "help":
+def _undocumented_defaults(parser) -> list[str]:
+  """The options of ``parser`` whose help, as ``--help`` prints it, states no default."""
+  formatter = parser._get_formatter()
+  missing = []
+  for action in parser._actions:
+    if not action.option_strings or action.default == argparse.SUPPRESS:
       continue
     shown = formatter._expand_help(action) if action.help else ""
-    assert "default" in shown.lower(), f"{name} --help: {action.option_strings[-1]} shows no default: {shown!r}"
+    if "default" not in shown.lower():
+      missing.append(f"{action.option_strings[-1]}: {shown!r}")
+  return missing
+
+
+@pytest.mark.parametrize("name", sorted(cli.discover()))
+def test_every_help_states_every_default(name):
+  """In every command's ``--help`` each option states its default: the value, or for an option that is unset by
+  default (``None``) what that means (the preset's value, none, detected)."""
+  missing = _undocumented_defaults(_commands()[name])
+  assert not missing, f"energyformer {name} --help: options that state no default: {missing}"
+
+
+def test_top_level_help_states_every_default():
+  assert not _undocumented_defaults(cli.parser())
+
+
+def test_an_unset_option_without_its_meaning_is_reported():
+  """The check catches an option whose default is ``None`` and whose help does not say what that means (the
+  formatter adds no default for it), and passes it once the help says."""
+  parser = argparse.ArgumentParser(formatter_class=cli.HelpFormatter)
+  parser.add_argument("--steps", type=int, help="training steps")
+  parser.add_argument("--rate", type=float, default=0.1, help="learning rate")
+  assert _undocumented_defaults(parser) == ["--steps: 'training steps'"]
+  parser._actions[-2].help = "training steps (default: the preset's)"
+  assert not _undocumented_defaults(parser)

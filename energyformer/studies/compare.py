@@ -320,16 +320,19 @@ def _options(command) -> None:
                        help="attention variants, or VARIANT+energy for a variant trained with the energy regulariser "
                             f"(default: standard momentum nesterov standard+energy); registered: "
                             f"{', '.join(decoder.variant_names())}")
-  command.add_argument("--seeds", type=int, help="models per arm (seeds 0, 1, ...; one vmapped population)")
-  command.add_argument("--steps", type=int, help="training steps per model")
-  command.add_argument("--batch-size", type=int, help="sequences per step per model")
-  command.add_argument("--learning-rate", type=float, help="peak AdamW learning rate")
-  command.add_argument("--eval-every", type=int, help="steps between validation evaluations")
+  command.add_argument("--seeds", type=int,
+                       help="models per arm (seeds 0, 1, ...; one vmapped population; default: the preset's)")
+  command.add_argument("--steps", type=int, help="training steps per model (default: the preset's)")
+  command.add_argument("--batch-size", type=int, help="sequences per step per model (default: the preset's)")
+  command.add_argument("--learning-rate", type=float, help="peak AdamW learning rate (default: the preset's)")
+  command.add_argument("--eval-every", type=int, help="steps between validation evaluations (default: the preset's)")
   pretrain.add_data_options(command)
   pretrain.add_tokenizer_options(command)
   command.add_argument("--bf16", action="store_true", help="compute in bfloat16 (float32 parameters)")
-  command.add_argument("--devices", type=int, help="split each population's seeds over this many devices")
-  command.add_argument("--checkpoint-every", type=int, help="save every N steps; rerunning resumes")
+  command.add_argument("--devices", type=int,
+                       help="split each population's seeds over this many devices (default: the preset's)")
+  command.add_argument("--checkpoint-every", type=int,
+                       help="save every N steps; rerunning resumes (default: the preset's)")
   command.add_argument("--out", default="runs/compare", help="directory for results, metrics, plots and tokenizer")
 
 

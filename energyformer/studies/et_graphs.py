@@ -316,11 +316,13 @@ def study_from_args(args) -> ETGraphsStudy:
 
 def _options(command) -> None:
   command.add_argument("--preset", default="default", help="default (generated graph, CPU) or tiny")
-  command.add_argument("--mat", help="a benchmark .mat file (e.g. YelpChi.mat, Amazon.mat)")
+  command.add_argument("--mat", help="a benchmark .mat file (e.g. YelpChi.mat, Amazon.mat; default: the preset's "
+                                     "generated graph)")
   command.add_argument("--edge-list", nargs=3, metavar=("EDGES", "FEATURES", "LABELS"),
-                       help="edge list, feature table and label list files")
-  command.add_argument("--steps", type=int, help="training steps")
-  command.add_argument("--seed", type=int)
+                       help="edge list, feature table and label list files (default: the preset's generated graph)")
+  command.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+  command.add_argument("--seed", type=int,
+                       help="seed of the graph, the initialisation and the data order (default: the preset's)")
   command.add_argument("--out", default="runs/et_graphs", help="directory for results and metrics")
 
 

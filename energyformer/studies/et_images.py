@@ -376,13 +376,16 @@ def _options(command) -> None:
   command.add_argument("--preset", default="default", help="default (digits, CPU minutes), tiny (seconds) or paper "
                                                            "(ImageNet recipe, accelerator)")
   command.add_argument("--dataset", help="digits, folder (images under --data-dir) or a tfds name (cifar10, "
-                                         "imagenet2012) prepared under --data-dir")
-  command.add_argument("--data-dir", help="tfds data directory, or the image folder for --dataset folder")
-  command.add_argument("--masking", help="paper (100/196 scored, 90%% of those replaced), mask25 or mask75")
-  command.add_argument("--steps", type=int, help="training steps per model")
-  command.add_argument("--seed", type=int)
+                                         "imagenet2012) prepared under --data-dir (default: the preset's)")
+  command.add_argument("--data-dir", help="tfds data directory, or the image folder for --dataset folder "
+                                          "(default: the preset's)")
+  command.add_argument("--masking", help="paper (100/196 scored, 90%% of those replaced), mask25 or mask75 "
+                                         "(default: the preset's)")
+  command.add_argument("--steps", type=int, help="training steps per model (default: the preset's)")
+  command.add_argument("--seed", type=int, help="seed of the initialisation and the data (default: the preset's)")
   command.add_argument("--self-exclusion", action="store_true", help="exclude each token from its own attention")
-  command.add_argument("--temperature", type=float, help="Langevin noise temperature of the ET dynamics (0: none)")
+  command.add_argument("--temperature", type=float,
+                       help="Langevin noise temperature of the ET dynamics (0: none; default: the preset's)")
   command.add_argument("--no-baseline", action="store_true", help="train the ET only")
   command.add_argument("--equilibrium", action="store_true",
                        help="also train the ET run to its fixed point (implicit gradients) and compare it")

@@ -425,10 +425,11 @@ def add_study_options(command, variants_help: str) -> None:
   command.add_argument("--preset", default="default", help="default (CPU, minutes), tiny (seconds) or paper (GPU)")
   command.add_argument("--variants", nargs="+",
                        help=f"{variants_help}; registered: {', '.join(decoder.variant_names())}")
-  command.add_argument("--seeds", type=int, help="models per variant (seeds 0, 1, ...)")
-  command.add_argument("--steps", type=int, help="training steps per model")
+  command.add_argument("--seeds", type=int, help="models per variant (seeds 0, 1, ...; default: the preset's)")
+  command.add_argument("--steps", type=int, help="training steps per model (default: the preset's)")
   command.add_argument("--steps-per-call", type=int,
-                       help="training steps per call of the compiled program (fewer host round trips)")
+                       help="training steps per call of the compiled program (fewer host round trips; "
+                            "default: the preset's)")
   command.add_argument("--shared", action="store_true",
                        help="one parameter set across depth (a looped Transformer); lis also evaluates it at 1, 2 and "
                             "4 times the trained depth")

@@ -409,16 +409,21 @@ def add_tokenizer_options(command) -> None:
 
 def _options(command) -> None:
   command.add_argument("--config", default="tiny", help="tiny (CPU, minutes), small (one GPU), gpt2-124m (GPUs, TPU)")
-  command.add_argument("--variant", help=f"attention variant: {', '.join(decoder.variant_names())}")
-  command.add_argument("--steps", type=int, help="training steps")
-  command.add_argument("--batch-size", type=int, help="global batch size (sequences per step, all devices)")
-  command.add_argument("--learning-rate", type=float, help="peak AdamW learning rate")
+  command.add_argument("--variant", help="attention variant (default: the --config preset's): "
+                                         f"{', '.join(decoder.variant_names())}")
+  command.add_argument("--steps", type=int, help="training steps (default: the --config preset's)")
+  command.add_argument("--batch-size", type=int,
+                       help="global batch size (sequences per step, all devices; default: the --config preset's)")
+  command.add_argument("--learning-rate", type=float, help="peak AdamW learning rate (default: the --config preset's)")
   command.add_argument("--mesh", help="single, data, fsdp, fsdp_tp, or sizes such as fsdp=4,tensor=2 "
                                       "(default: data parallel over every device)")
   add_data_options(command)
-  command.add_argument("--bf16", action="store_true", default=None, help="compute in bfloat16 (float32 parameters)")
-  command.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps")
-  command.add_argument("--seed", type=int, help="seed of the initialisation and the data order")
+  command.add_argument("--bf16", action="store_true", default=None,
+                       help="compute in bfloat16, float32 parameters (default: the --config preset's)")
+  command.add_argument("--checkpoint-every", type=int,
+                       help="save a checkpoint every N steps (default: the --config preset's)")
+  command.add_argument("--seed", type=int,
+                       help="seed of the initialisation and the data order (default: the --config preset's)")
   command.add_argument("--extend", action="store_true",
                        help="resume a run in --out with another --steps: its saved optimiser settings are kept, the "
                             "warmup is unchanged and the cosine decay is recomputed to end at the new last step (the "
@@ -430,9 +435,10 @@ def _options(command) -> None:
   command.add_argument("--distributed", action="store_true",
                        help="multi-host: call jax.distributed.initialize first (auto-detected on TPU pods, SLURM, "
                             "Open MPI; elsewhere also pass --coordinator, --num-processes, --process-id)")
-  command.add_argument("--coordinator", help="host:port of process 0 (multi-host without auto-detection)")
-  command.add_argument("--num-processes", type=int, help="number of processes (multi-host)")
-  command.add_argument("--process-id", type=int, help="this process's index (multi-host)")
+  command.add_argument("--coordinator",
+                       help="host:port of process 0 (multi-host without auto-detection; default: detected)")
+  command.add_argument("--num-processes", type=int, help="number of processes (multi-host; default: detected)")
+  command.add_argument("--process-id", type=int, help="this process's index (multi-host; default: detected)")
 
 
 @cli.command("pretrain", help="pretrain the GPT decoder on text (byte-level), sharded over a device mesh, resumable",

@@ -134,9 +134,10 @@ def _options(command) -> None:
   command.add_argument("--num-tokens", type=int,
                        help="number of tokens to generate (default: up to the end of the model's context)")
   command.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 decodes greedily")
-  command.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")
+  command.add_argument("--top-k", type=int, help="sample among the k most likely tokens only (default: all tokens)")
   command.add_argument("--top-p", type=float,
-                       help="nucleus sampling: the fewest most likely tokens reaching probability p")
+                       help="nucleus sampling: the fewest most likely tokens reaching probability p (default: "
+                            "all tokens)")
   command.add_argument("--seed", type=int, default=0, help="seed of the draws")
   command.add_argument("--step", type=int, help="checkpoint step to load (default: the newest)")
   command.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,

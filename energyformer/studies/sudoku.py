@@ -361,9 +361,10 @@ def _options(command) -> None:
   command.add_argument("--preset", default="default",
                        help="default (CPU, under 15 minutes idle), tiny (seconds) or paper (GPU, Hyper-SET's size)")
   command.add_argument("--models", nargs="+", help=f"models to train (default: all of {', '.join(MODELS)})")
-  command.add_argument("--seeds", type=int, help="models per kind (seeds 0, 1, ...)")
-  command.add_argument("--steps", type=int, help="training steps per model")
-  command.add_argument("--iterations", type=int, help="T: iterations of the shared layer in training (2T evaluated)")
+  command.add_argument("--seeds", type=int, help="models per kind (seeds 0, 1, ...; default: the preset's)")
+  command.add_argument("--steps", type=int, help="training steps per model (default: the preset's)")
+  command.add_argument("--iterations", type=int,
+                       help="T: iterations of the shared layer in training (2T evaluated; default: the preset's)")
   command.add_argument("--out", default="runs/sudoku", help="directory for results, metrics and the plot")
 
 

@@ -103,13 +103,16 @@ def members_from_args(args) -> list[dict]:
 def _options(command) -> None:
   lis.add_study_options(command, "attention variants (structural: one program each; default: standard)")
   command.add_argument("--grid", action="append", metavar="NAME=V1,V2",
-                       help="a grid axis, e.g. learning_rate=1e-3,3e-3 or beta=0,0.5,0.9 (repeatable)")
-  command.add_argument("--random", type=int, metavar="N", help="draw N members from the --range options instead")
+                       help="a grid axis, e.g. learning_rate=1e-3,3e-3 or beta=0,0.5,0.9 (repeatable; default: "
+                            "none, one member per variant and seed)")
+  command.add_argument("--random", type=int, metavar="N",
+                       help="draw N members from the --range options instead (default: none, the grid)")
   command.add_argument("--range", action="append", metavar="NAME=LOW:HIGH[:log]",
-                       help="a random-search range, e.g. learning_rate=1e-4:1e-2:log (repeatable)")
+                       help="a random-search range, e.g. learning_rate=1e-4:1e-2:log (repeatable; default: none)")
   command.add_argument("--sample-seed", type=int, default=0, help="seed of the random search")
-  command.add_argument("--chunk-size", type=int, help="train at most this many members at once")
-  command.add_argument("--checkpoint-every", type=int, help="save every N steps; rerunning resumes")
+  command.add_argument("--chunk-size", type=int, help="train at most this many members at once (default: all of them)")
+  command.add_argument("--checkpoint-every", type=int,
+                       help="save every N steps; rerunning resumes (default: no checkpoints)")
   command.add_argument("--out", default="runs/sweep", help="directory for members.csv, results.json, metrics, plot")
 
 

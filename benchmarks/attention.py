@@ -17,12 +17,16 @@ derivative of a derivative), and the temporary memory XLA reserves for each comp
 of several runs after a warm-up, with ``block_until_ready``, interleaved across the layers so that other
 load on the machine falls on each alike. Ratios are ours / reference: below 1 is cheaper than the reference.
 
-The long-sequence table (S = 8192 by default, ``--long-heads`` heads so that the dense reference fits in memory)
+The long-sequence table (``--long 8192``; ``--long-heads`` heads so that the dense reference fits in memory)
 compares the chunked layers with the dense reference, and lists the chunked train step's temp memory at S/4, S/2
-and S to show it growing linearly besides the (S, S) boolean mask the step builds.
+and S to show it growing linearly besides the (S, S) boolean mask the step builds. It is not run by default: the
+dense reference's train step takes about a minute there on a 2-core CPU.
 
-    python benchmarks/attention.py                    # S = 512 and 2048, then S = 8192
-    python benchmarks/attention.py --seq 1024 --quick --long
+Every time ratio is taken repeat by repeat (ours and the reference timed within the same round) and printed as its
+median with its range; the date and load average are printed at the start and end.
+
+    python benchmarks/attention.py                    # S = 512 and 2048
+    python benchmarks/attention.py --seq --long 8192  # the long table only
     python benchmarks/attention.py --json results.json
 """
 from __future__ import annotations
@@ -301,19 +305,19 @@ def default_repeats(seq: int, quick: bool) -> int:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seq", type=int, nargs="*", default=None, help="sequence lengths (default 512 2048)")
-  parser.add_argument("--heads", type=int, default=8)
-  parser.add_argument("--head-dim", type=int, default=64)
-  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--heads", type=int, default=8, help="heads (default 8)")
+  parser.add_argument("--head-dim", type=int, default=64, help="head size (default 64)")
+  parser.add_argument("--batch", type=int, default=1, help="sequences per batch (default 1)")
   parser.add_argument("--chunk", type=int, default=512, help="chunk size of the chunked layers (default 512)")
-  parser.add_argument("--long", type=int, nargs="*", default=None,
-                      help="long sequence lengths, chunked vs dense reference (default 8192; none to skip)")
+  parser.add_argument("--long", type=int, nargs="*", default=[],
+                      help="long sequence lengths, chunked vs dense reference (default: none; the table was taken at "
+                           "8192)")
   parser.add_argument("--long-heads", type=int, default=2,
                       help="heads at the long lengths (default 2: the dense reference then needs ~2 GB)")
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed runs per measurement (default: 11 below S=1024, 7 below 2048, 5 below 4096, "
                            "else 3)")
-  parser.add_argument("--quick", action="store_true", help="S = 256 only (unless --seq), 3 repeats, no long table "
-                      "(unless --long)")
+  parser.add_argument("--quick", action="store_true", help="S = 256 only (unless --seq), 3 repeats")
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   args = parser.parse_args(argv)
 
@@ -321,7 +325,7 @@ def main(argv=None) -> None:
     check_repeats(args.repeats)
   print(conditions("started"))
   seqs = args.seq if args.seq is not None else ([256] if args.quick else [512, 2048])
-  longs = args.long if args.long is not None else ([] if args.quick else [8192])
+  longs = args.long
   info = machine()
   print(f"machine: {info['platform']} ({info['processor']}), {info['cpu_count']} CPUs, "
         f"python {info['python']}, jax {info['jax']}, backend {info['backend']} ({info['device']})")

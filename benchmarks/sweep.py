@@ -14,8 +14,12 @@ the medians of the training-step times, the step throughput ratios ``P · t_alon
 end-to-end wall times (model building, data and evaluation included), each ratio taken repeat by repeat, its
 median with its range in brackets. The date and load average are printed at the start and end.
 
-  python benchmarks/sweep.py [--sizes 8 32] [--steps 100] [--steps-per-call 25] [--models tiny default] [--devices N]
+The default (8 tiny members, 100 steps) takes a few minutes on a quiet 2-core CPU; larger populations and the
+default LIS model are options:
+
+  python benchmarks/sweep.py [--sizes 8] [--steps 100] [--steps-per-call 25] [--models tiny] [--devices N]
                              [--repeats 3]
+  python benchmarks/sweep.py --sizes 8 32 --models tiny default
 """
 from __future__ import annotations
 
@@ -68,12 +72,13 @@ def measure(model: str, size: int, steps: int, steps_per_call: int, devices: int
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
-  parser.add_argument("--steps", type=int, default=100)
-  parser.add_argument("--steps-per-call", type=int, default=25)
-  parser.add_argument("--models", nargs="+", default=["tiny", "default"])
+  parser.add_argument("--sizes", type=int, nargs="+", default=[8], help="population sizes P (default: 8)")
+  parser.add_argument("--steps", type=int, default=100, help="training steps per member (default: 100)")
+  parser.add_argument("--steps-per-call", type=int, default=25,
+                      help="training steps per call of the compiled program (default: 25)")
+  parser.add_argument("--models", nargs="+", default=["tiny"], help="LIS presets (default: tiny)")
   parser.add_argument("--devices", type=int, default=os.cpu_count(), help="devices of the third way (default: cores)")
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=3, help="timed runs of each way, at least 3 (default: 3)")
   args = parser.parse_args()
   check_repeats(args.repeats)
   print(conditions("started"))

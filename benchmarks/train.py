@@ -8,11 +8,11 @@ least 3, with their range; the date and load average are printed at the start an
    (``--xla_force_host_platform_device_count=8``, set here before JAX starts) and share the same cores, so the
    ratio shows the partitioning's overhead, not a speed-up;
 2. saving a checkpoint of that model's whole training state: the time ``save`` blocks the loop (async) and the
-   time until the checkpoint is on disk, each also in training steps;
+   time until the checkpoint is on disk (median and range of ``--saves``), each also in training steps;
 3. on a GPU or TPU only: tokens per second and model FLOPs utilisation (MFU) of the ``gpt2-124m`` preset, with
    the FLOPs estimated as ``6·N + 12·L·T·d`` per token (N parameters, L layers, T sequence length, d width).
 
-  python benchmarks/train.py [--model tiny|small] [--steps 20] [--batch-size 16]
+  python benchmarks/train.py [--model tiny|small] [--steps 20] [--batch-size 16] [--saves 5]
 """
 from __future__ import annotations
 
@@ -80,8 +80,9 @@ def time_steps(config, mesh, steps: int):
   return spread(times), state, opt_state
 
 
-def time_checkpoint(config, state, opt_state, repeats: int = 3) -> tuple[float, float]:
-  """Median (seconds ``save`` blocks, seconds until the checkpoint is complete) of asynchronous saves."""
+def time_checkpoint(config, state, opt_state, repeats: int = 3) -> tuple[dict, dict]:
+  """``report.spread`` of the seconds ``save`` blocks and of the seconds until the checkpoint is complete, over
+  ``repeats`` asynchronous saves."""
   iterator = PopulationBatches([_Position()], 1)
   blocking, complete = [], []
   with tempfile.TemporaryDirectory() as directory:
@@ -93,7 +94,7 @@ def time_checkpoint(config, state, opt_state, repeats: int = 3) -> tuple[float, 
       checkpointer.wait()
       complete.append(time.perf_counter() - began)
     checkpointer.close()
-  return float(np.median(blocking)), float(np.median(complete))
+  return spread(blocking), spread(complete)
 
 
 def flops_per_token(config) -> float:
@@ -109,11 +110,13 @@ def peak_flops(device) -> float | None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", default="tiny", choices=["tiny", "small"])
-  parser.add_argument("--steps", type=int, default=20)
-  parser.add_argument("--batch-size", type=int, default=16)
+  parser.add_argument("--model", default="tiny", choices=["tiny", "small"], help="preset (default: tiny)")
+  parser.add_argument("--steps", type=int, default=20, help="timed steps per mesh, at least 3 (default: 20)")
+  parser.add_argument("--batch-size", type=int, default=16, help="global batch (default: 16)")
+  parser.add_argument("--saves", type=int, default=5, help="timed checkpoint saves, at least 3 (default: 5)")
   args = parser.parse_args()
   check_repeats(args.steps)
+  check_repeats(args.saves)
   print(conditions("started"))
   preset = presets()[args.model]
   config = dataclasses.replace(preset, trainer=dataclasses.replace(preset.trainer, batch_size=args.batch_size))
@@ -135,9 +138,10 @@ def main() -> None:
       single, state = seconds, (params, opt_state)
     shape = "x".join(str(mesh.shape[a]) for a in mesh.axis_names)
     print(f"{name:8s} {shape:>9s} {show(times, 1e3, 1):>22s} {seconds / single:11.2f}x", flush=True)
-  blocking, complete = time_checkpoint(config, *state)
-  print(f"\ncheckpoint of the training state (async save): blocks {1e3 * blocking:.1f} ms "
-        f"({blocking / single:.2f} steps), complete after {1e3 * complete:.1f} ms ({complete / single:.2f} steps)")
+  blocking, complete = time_checkpoint(config, *state, repeats=args.saves)
+  print(f"\ncheckpoint of the training state (async save, median (range) of {args.saves}): blocks "
+        f"{show(blocking, 1e3, 1, ' ms')} ({blocking['median'] / single:.2f} steps), complete after "
+        f"{show(complete, 1e3, 1, ' ms')} ({complete['median'] / single:.2f} steps)")
   if device.platform == "cpu":
     print("\nno GPU or TPU: skipping the gpt2-124m tokens/s and MFU measurement")
     print(conditions("finished"))

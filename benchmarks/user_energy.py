@@ -21,10 +21,13 @@ Each is one gradient-descent step of ``Layer(Interaction(D, H, Dh, local=...), "
 
 Float32, causal, batch 1, D = H·Dh. Train step = ``jax.grad`` of ``sum(out²)`` w.r.t. the weights and the tokens;
 for the derived layers a derivative of a derivative. Time and temp memory are measured as in
-``benchmarks/attention.py`` (interleaved medians after a warm-up; XLA's temp buffer size).
+``benchmarks/attention.py`` (interleaved medians after a warm-up; XLA's temp buffer size); every time ratio is
+taken repeat by repeat and printed as its median with its range in brackets. The date and load average are printed
+at the start and end.
 
-    python benchmarks/user_energy.py                       # S = 512, 2048, 8192
-    python benchmarks/user_energy.py --seq 256 --repeats 2   # a quick look
+    python benchmarks/user_energy.py                         # S = 512 and 2048
+    python benchmarks/user_energy.py --seq 8192              # the long length: steps of about a minute each
+    python benchmarks/user_energy.py --seq 256 --repeats 3   # a quick look
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ import jax.numpy as jnp
 
 from attention import (MB, default_repeats, derived_layer, machine, reference_layer, relative_diff, split_params,
                        time_and_memory)
-from report import conditions
+from report import check_repeats, conditions, ratios, show, spread
 from energyformer import energies
 from energyformer.layers import Layer
 
@@ -163,18 +166,22 @@ def measure(seq: int, heads: int, head_dim: int, size: int, names, repeats: int)
   rows, outputs = time_and_memory(jobs(seq, heads, head_dim, size, names), repeats)
   ref = rows["reference"]
   for name, row in rows.items():
-    row["vs_reference"] = {k: row[k] / ref[k] for k in ("train_step_s", "train_step_temp_bytes", "forward_s",
-                                                         "forward_temp_bytes")}
+    row["vs_reference"] = {k: row[k] / ref[k] for k in ("train_step_temp_bytes", "forward_temp_bytes")}
+    row["vs_reference_spread"] = {f"{kind}_s": spread(ratios(row[f"{kind}_times_s"], ref[f"{kind}_times_s"]))
+                                  for kind in ("forward", "train_step")}
+    row["vs_reference"].update({k: v["median"] for k, v in row["vs_reference_spread"].items()})
     if f"{name}_by_hand" in rows:
       hand = rows[f"{name}_by_hand"]
-      row["vs_by_hand"] = {k: row[k] / hand[k] for k in ("train_step_s", "train_step_temp_bytes")}
+      row["vs_by_hand_spread"] = {"train_step_s": spread(ratios(row["train_step_times_s"],
+                                                                hand["train_step_times_s"]))}
+      row["vs_by_hand"] = {"train_step_s": row["vs_by_hand_spread"]["train_step_s"]["median"],
+                           "train_step_temp_bytes": row["train_step_temp_bytes"] / hand["train_step_temp_bytes"]}
       row["rel_diff_by_hand"] = {kind: relative_diff(outputs[name, kind], outputs[f"{name}_by_hand", kind])
                                  for kind in ("forward", "train_step")}
   return {"seq": seq, "heads": heads, "head_dim": head_dim, "tile": size, "repeats": repeats, "layers": rows}
 
 
 TARGET_MEMORY, TARGET_BY_HAND, TARGET_REFERENCE = 1.5, 1.2, 4.0
-LONG = 8192
 
 
 def print_result(result) -> None:
@@ -189,6 +196,15 @@ def print_result(result) -> None:
           f"{cell('train_step_s')} | {row['train_step_temp_bytes'] / MB:>9.1f} {ref['train_step_temp_bytes']:>5.2f}x "
           f"{cell('train_step_temp_bytes')} | {1e3 * row['forward_s']:>8.1f} {ref['forward_s']:>5.2f}x | "
           f"{row['forward_temp_bytes'] / MB:>8.1f}")
+  reference = spread(result["layers"]["reference"]["train_step_times_s"])
+  print(f"S={result['seq']}: reference train step {show(reference, 1e3, 1, ' ms')}")
+  for name, row in result["layers"].items():
+    if name == "reference":
+      continue
+    by_hand = row.get("vs_by_hand_spread", {}).get("train_step_s")
+    print(f"S={result['seq']}: {name} train time {show(row['vs_reference_spread']['train_step_s'], unit='x')} "
+          f"reference" + (f", {show(by_hand, unit='x')} by hand" if by_hand else "")
+          + f" (median (range) of {result['repeats']} repeats)")
   for name, row in result["layers"].items():
     if "rel_diff_by_hand" in row:
       diff = row["rel_diff_by_hand"]
@@ -228,15 +244,18 @@ def print_targets(results) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--seq", type=int, nargs="*", default=[512, 2048, 8192])
+  parser.add_argument("--seq", type=int, nargs="*", default=[512, 2048], help="sequence lengths")
   parser.add_argument("--heads", type=int, default=4)
   parser.add_argument("--head-dim", type=int, default=64)
   parser.add_argument("--tile", type=int, default=64, help="tile of the hand-written layers (default 64)")
   parser.add_argument("--energies", nargs="*", default=list(USER_ENERGIES), choices=list(USER_ENERGIES))
   parser.add_argument("--repeats", type=int, default=None,
-                      help=f"timed runs (default: by length, as attention.py; 1 from S = {LONG}, whose steps take a minute)")
+                      help="timed runs, at least 3 (default: by length, as attention.py: 11 below S = 1024, 7 below "
+                           "2048, 5 below 4096, else 3)")
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   args = parser.parse_args(argv)
+  if args.repeats is not None:
+    check_repeats(args.repeats)
 
   print(conditions("started"))
   info = machine()
@@ -247,7 +266,7 @@ def main(argv=None) -> None:
   print()
   results = []
   for seq in args.seq:
-    repeats = args.repeats or (1 if seq >= LONG else default_repeats(seq, False))
+    repeats = args.repeats or default_repeats(seq, False)
     results.append(measure(seq, args.heads, args.head_dim, min(args.tile, seq), args.energies, repeats))
     print_result(results[-1])
   print_targets(results)

@@ -366,12 +366,15 @@ def study_from_args(args) -> ClassifyStudy:
 def _options(command) -> None:
   command.add_argument("--preset", default="default",
                        help="default (digits, CPU, a few minutes), tiny (seconds) or cifar10 (GPU, tfds:cifar10)")
-  command.add_argument("--data", help="digits, or tfds:NAME for a tfds dataset prepared under --data-dir")
-  command.add_argument("--data-dir", help="the tfds data directory holding the prepared dataset")
+  command.add_argument("--data",
+                       help="digits, or tfds:NAME for a tfds dataset prepared under --data-dir (default: the preset's)")
+  command.add_argument("--data-dir",
+                       help="the tfds data directory holding the prepared dataset (default: the preset's)")
   command.add_argument("--models", nargs="+", help=f"models to train (default: all of {', '.join(MODELS)})")
-  command.add_argument("--seeds", type=int, help="models per kind (seeds 0, 1, ...)")
-  command.add_argument("--steps", type=int, help="training steps per model")
-  command.add_argument("--pooling", choices=POOLINGS, help="read the class token (cls) or the mean patch token")
+  command.add_argument("--seeds", type=int, help="models per kind (seeds 0, 1, ...; default: the preset's)")
+  command.add_argument("--steps", type=int, help="training steps per model (default: the preset's)")
+  command.add_argument("--pooling", choices=POOLINGS,
+                       help="read the class token (cls) or the mean patch token (default: the preset's)")
   command.add_argument("--out", default="runs/classify_images", help="directory for results, metrics and the plot")
 
 

@@ -21,10 +21,11 @@ then solves the fixed-point equation ``β m = m⁺ + η G(x + β m)``, which wou
 ``((1 + η‖∂G‖)/β)^k`` after ``k`` reversed steps; in float32 and ``β = 0.5`` a pure reversal of 48 steps amplifies
 the unit roundoff ``6e-8`` by ``2⁴⁸``. Exact-arithmetic reversal (MacKay et al. 2018) stores the ``log₂(1/β)``
 bits per element a contraction destroys at every step and needs fixed-point token states; instead this module
-stores the exact carry ``(x, m)`` at the end of every ``segment`` steps (a few carries rather than one per step)
-and reverses at most ``segment`` steps from an exact carry, so the amplification is bounded by ``β^{-segment}``
-whatever the depth. ``segment=None`` reverses the whole depth from the output alone (right in float64 or for a
-shallow stack). The float32 bound this project documents and tests (``FLOAT32_RELATIVE_BOUND``): for pre-normalised
+stores the exact carry ``(x, m)`` at the end of every ``segment`` steps (a few carries rather than one per step;
+the last segment ends at the output, which is not stored twice) and reverses at most ``segment`` steps from an
+exact carry, so the amplification is bounded by ``β^{-segment}`` whatever the depth. ``segment=None`` reverses the
+whole depth from the output alone (right in float64 or for a shallow stack). The float32 bound this project
+documents and tests (``FLOAT32_RELATIVE_BOUND``): for pre-normalised
 blocks (LayerNorm Lagrangian, as in GPT) with ``β ≥ 0.5``, ``η ≤ 1`` and ``segment ≤ DEFAULT_SEGMENT`` (6), every
 gradient (parameters, hyperparameters, input tokens) differs from the stored-activation gradient by at most 1e-3 of
 that gradient's largest entry (measured: 5e-6 at segment 4, 5e-5 at 6, 1.4e-3 at 8 — each step reversed multiplies
@@ -230,17 +231,19 @@ def _batched_force_vjp(form, batched: bool, mask_axis, chunk: int | None):
     size = x.shape[0]
     if chunk is None or chunk >= size or size % chunk:
       return vmapped(theta, h, x, mask, g)
-    split = lambda leaf: leaf.reshape((size // chunk, chunk) + leaf.shape[1:])
-    masks_chunked = split(mask) if mask_axis == 0 else None
+    # one sequence per chunk scans the batch axis itself (no reshaped copies of the batch)
+    one = chunk == 1
+    split = (lambda leaf: leaf) if one else lambda leaf: leaf.reshape((size // chunk, chunk) + leaf.shape[1:])
+    merge = (lambda leaf: leaf) if one else lambda leaf: leaf.reshape((size,) + leaf.shape[2:])
+    vjp = (lambda t, hh, z, m, gz: _force_vjp(form, t, hh, z, m, gz)) if one else vmapped
 
     def body(sums, inputs):
       xc, mc, gc = inputs
-      u, gtheta, gh, gx = vmapped(theta, h, xc, mask if mask_axis is None else mc, gc)
+      u, gtheta, gh, gx = vjp(theta, h, xc, mask if mask_axis is None else mc, gc)
       return jax.tree.map(jnp.add, sums, (gtheta, gh)), (u, gx)
 
     zeros = jax.tree.map(jnp.zeros_like, (theta, h))
-    (gtheta, gh), (u, gx) = jax.lax.scan(body, zeros, (split(x), masks_chunked, split(g)))
-    merge = lambda leaf: leaf.reshape((size,) + leaf.shape[2:])
+    (gtheta, gh), (u, gx) = jax.lax.scan(body, zeros, (split(x), split(mask) if mask_axis == 0 else None, split(g)))
     return merge(u), gtheta, gh, merge(gx)
 
   return chunked
@@ -269,8 +272,9 @@ class ReversalDriftWarning(UserWarning):
 
 
 def _depth_scan(form, force, force_vjp, num_steps, segment, stacked_params, stacked_hparams, pin_axes):
-  """The reversible scan ``(params, hparams, x, m, mask) → (x_L, m_L)`` as a ``jax.custom_vjp``."""
-  num_segments = -(-num_steps // segment)
+  """The reversible scan ``(params, hparams, x, m, mask) → (x_L, m_L)`` as a ``jax.custom_vjp``. It stores the
+  exact carry at the end of every segment but the last, whose end is the output itself."""
+  num_stored = -(-num_steps // segment) - 1
 
   def forward_steps(params, hparams, x, m, mask):
     def body(carry, index):
@@ -278,10 +282,11 @@ def _depth_scan(form, force, force_vjp, num_steps, segment, stacked_params, stac
       theta, h = _slice(params, index, stacked_params), _slice(hparams, index, stacked_hparams)
       x = _pinned(x, pin_axes)
       x, m = form.combine(h, x, m, force(theta, h, x, mask))
-      ends = jax.tree.map(lambda buffer, value: buffer.at[index // segment].set(value), ends, (x, m))
+      if num_stored:  # the steps of the last segment write past the buffer, and are dropped
+        ends = jax.tree.map(lambda buffer, value: buffer.at[index // segment].set(value, mode="drop"), ends, (x, m))
       return (x, m, ends), None
 
-    ends = jax.tree.map(lambda v: jnp.zeros((num_segments,) + v.shape, v.dtype), (x, m))
+    ends = jax.tree.map(lambda v: jnp.zeros((num_stored,) + v.shape, v.dtype), (x, m))
     (x, m, ends), _ = jax.lax.scan(body, (x, m, ends), jnp.arange(num_steps))
     return x, m, ends
 
@@ -293,22 +298,23 @@ def _depth_scan(form, force, force_vjp, num_steps, segment, stacked_params, stac
   def run_fwd(params, hparams, x, m, mask):
     x_input = x
     x, m, ends = forward_steps(params, hparams, x, m, mask)
-    return (x, m), (params, hparams, ends, mask, x_input)
+    return (x, m), (params, hparams, ends, mask, x_input, x, m)
 
   def run_bwd(residuals, cotangents):
-    params, hparams, ends, mask, x_input = residuals
+    params, hparams, ends, mask, x_input, x_last, m_last = residuals
     zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
 
     def body(carry, index):
       x_next, m_next, gx, gm, gparams, ghparams, drift = carry
       theta, h = _slice(params, index, stacked_params), _slice(hparams, index, stacked_hparams)
-      segment_end = (index + 1) % segment == 0
-      # An exact carry replaces the rebuilt one at the end of each segment: errors never cross a segment. The gap
-      # between the two is the measured reversal error of the segment that follows.
-      exact = jax.tree.map(lambda end: end[index // segment], ends)
-      drift = jnp.maximum(drift, jnp.where(segment_end, _relative_gap(exact[0], x_next), 0.0))
-      x_next, m_next = jax.tree.map(lambda end, rebuilt: jnp.where(segment_end, end, rebuilt), exact,
-                                    (x_next, m_next))
+      # An exact carry replaces the rebuilt one at the end of each stored segment: errors never cross a segment.
+      # The gap between the two is the measured reversal error of the segment that follows.
+      if num_stored:
+        segment_end = ((index + 1) % segment == 0) & (index // segment < num_stored)
+        exact = jax.tree.map(lambda end: end[jnp.minimum(index // segment, num_stored - 1)], ends)
+        drift = jnp.maximum(drift, jnp.where(segment_end, _relative_gap(exact[0], x_next), 0.0))
+        x_next, m_next = jax.tree.map(lambda end, rebuilt: jnp.where(segment_end, end, rebuilt), exact,
+                                      (x_next, m_next))
       x = _pinned(x_next - m_next, pin_axes)
       # m⁺ reaches the output directly and through x⁺ = x + m⁺; m⁺ = βm + u passes it to u unchanged, so the
       # force's VJP needs no m and gives u for the inversion in the same pass.
@@ -330,7 +336,6 @@ def _depth_scan(form, force, force_vjp, num_steps, segment, stacked_params, stac
       return (x, m, gx, gm, gparams, ghparams, drift), (step_params, step_hparams)
 
     gx, gm = cotangents
-    x_last, m_last = jax.tree.map(lambda end: end[-1], ends)
     shared_params = None if stacked_params else zeros(params)
     shared_hparams = None if stacked_hparams else zeros(hparams)
     carry = (x_last, m_last, gx, gm, shared_params, shared_hparams, jnp.zeros((), x_last.dtype))
@@ -352,12 +357,12 @@ def reversible_unroll(layer, params, hparams, x, mask=None, *, num_steps: int, s
   ``state`` batched like ``x``), whose backward pass rebuilds the activations.
 
   Arguments and result as ``layers.unroll`` (no energy records). Memory: the exact carry ``(x, m)`` at the end of
-  each of ``⌈num_steps / segment⌉`` segments, instead of one (or, without remat, every activation) per step;
-  ``segment=None`` keeps only the output. Time: one extra force evaluation per step in the backward pass, against
-  remat's re-run of the step. Precision: module docstring. ``pin_axes``: constrain the token states at every step
-  to one layout on the current mesh (``unroll``'s ``pin_tokens``): whole along tokens and features, a batch split
-  over those mesh axes. ``vjp_chunk``: sequences per VJP in the backward pass of a batch (module docstring;
-  ``None``, a batch it does not divide, or ``pin_axes`` given: the whole batch at once).
+  each of ``⌈num_steps / segment⌉ − 1`` segments (the last one ends at the output), instead of one (or, without
+  remat, every activation) per step; ``segment=None`` keeps only the output. Time: one extra force evaluation per
+  step in the backward pass, against remat's re-run of the step. Precision: module docstring. ``pin_axes``: constrain
+  the token states at every step to one layout on the current mesh (``unroll``'s ``pin_tokens``): whole along tokens
+  and features, a batch split over those mesh axes. ``vjp_chunk``: sequences per VJP in the backward pass of a batch
+  (module docstring; ``None``, a batch it does not divide, or ``pin_axes`` given: the whole batch at once).
   """
   check_positive_int("num_steps", num_steps)
   if vjp_chunk is not None:

@@ -225,8 +225,9 @@ def _tied_energies(local):
 
 
 @pytest.mark.parametrize("local", list(TIED_LOCALS))
-@pytest.mark.parametrize("mask_kind, dtype", [("causal", "float64"), ("padded", "float64"), ("arbitrary", "float64"),
-                                              ("arbitrary", "float32"),
+@pytest.mark.parametrize("mask_kind, dtype", [("arbitrary", "float64"), ("arbitrary", "float32"),
+                                              pytest.param("causal", "float64", marks=pytest.mark.slow),
+                                              pytest.param("padded", "float64", marks=pytest.mark.slow),
                                               pytest.param("causal", "float32", marks=pytest.mark.slow),
                                               pytest.param("padded", "float32", marks=pytest.mark.slow)])
 def test_sweep_equals_gradient_of_the_energy(local, mask_kind, dtype):
@@ -241,7 +242,7 @@ def test_sweep_equals_gradient_of_the_energy(local, mask_kind, dtype):
       chex.assert_trees_all_close(sweep, run(layers[name]), **TOLERANCES[dtype])
 
 
-@pytest.mark.parametrize("local", list(TIED_LOCALS))
+@pytest.mark.parametrize("local", ["huber", pytest.param("elastic", marks=pytest.mark.slow)])
 def test_newton_step_through_the_sweep_equals_gradient_of_the_energy(local):
   """Newton's Hessian-vector products differentiate the field (context fixed); training differentiates them."""
   mask = _mask("arbitrary")

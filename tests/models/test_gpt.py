@@ -136,7 +136,7 @@ def test_sequence_longer_than_context_is_refused():
     generate(model, jnp.zeros((1, 2), jnp.int32), 3, temperature=1.0)
 
 
-@pytest.mark.parametrize("variant", ["standard", "nesterov"])
+@pytest.mark.parametrize("variant", [pytest.param("standard", marks=pytest.mark.slow), "nesterov"])
 def test_shared_depth_runs_any_number_of_steps(variant):
   """A weight-shared stack trained at depth L runs 2L steps as 2L explicit block steps with the one parameter set,
   the solver state carried across them; a per-layer stack refuses another depth."""

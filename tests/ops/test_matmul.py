@@ -24,7 +24,7 @@ def _operands(shape_name, dtype=np.float64):
   return rng.normal(size=a_shape).astype(dtype), rng.normal(size=b_shape).astype(dtype)
 
 
-@pytest.mark.parametrize("shape_name", SHAPES)
+@pytest.mark.parametrize("shape_name", ["batched", "broadcast", pytest.param("large", marks=pytest.mark.slow)])
 def test_values_and_derivatives_equal_jnp_matmul(shape_name):
   with jax.enable_x64(True):
     a, b = _operands(shape_name)

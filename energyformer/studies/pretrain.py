@@ -157,9 +157,11 @@ class TextTask:
     return {"loss": loss, "energy": energy, "descent": descent}
 
   def identity(self) -> dict:
-    """The model, the data's content settings, and a BPE tokenizer or an energy weight when used."""
+    """The model, the data's content settings, and a BPE tokenizer or the energy regulariser (its form, the
+    relative descent, and its weight) when used."""
     extra = {} if isinstance(self.tokenizer, ByteTokenizer) else {"tokenizer": tokenizers.identity(self.tokenizer)}
-    extra.update({"energy_weight": self.energy_weight} if self.energy_weight else {})
+    if self.energy_weight:
+      extra["energy_regulariser"] = {"form": "relative_descent", "weight": self.energy_weight}
     return {"model": to_dict(self.model), "data": {k: getattr(self.data, k) for k in DATA_IDENTITY}, **extra}
 
 

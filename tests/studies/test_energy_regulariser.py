@@ -4,6 +4,7 @@ quantity from one compiled program, compiled once for the module), the relative 
 values, and the loss bounded under an aggressive optimiser where the raw energy runs away."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -13,6 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
+from energyformer.data.text import ByteTokenizer, TextDataConfig
 from energyformer.energies import masks
 from energyformer.layers.modules import unwrap
 from energyformer.layers.stack import unroll
@@ -136,3 +138,12 @@ def test_regularised_loss_stays_bounded_under_an_aggressive_optimiser_where_the_
   assert np.isfinite(runs["regularised"]).all()
   assert (runs["regularised"] >= -10.0 * CONFIG.depth).all()                  # CE ≥ 0 and D ≥ −depth
   assert runs["raw"][-1] < 10 * runs["raw"][0] < 0                           # the raw energy: ten times lower
+
+
+def test_the_regulariser_form_and_weight_are_part_of_the_run_identity():
+  """A checkpoint records the regulariser's form: a run saved under another loss is not resumed under this one."""
+  model = dataclasses.replace(CONFIG, vocab_size=ByteTokenizer().vocab_size)
+  identity = lambda weight: pretrain.TextTask(model, TextDataConfig(sequence_length=8), energy_weight=weight).identity()
+  assert "energy_regulariser" not in identity(0.0)
+  assert identity(0.5)["energy_regulariser"] == {"form": "relative_descent", "weight": 0.5}
+  assert identity(0.5) != identity(0.25)

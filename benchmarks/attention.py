@@ -19,8 +19,8 @@ load on the machine falls on each alike. Ratios are ours / reference: below 1 is
 
 The long-sequence table (``--long 8192``; ``--long-heads`` heads so that the dense reference fits in memory)
 compares the chunked layers with the dense reference, and lists the chunked train step's temp memory at S/4, S/2
-and S to show it growing linearly besides the (S, S) boolean mask the step builds. It is not run by default: the
-dense reference's train step takes about a minute there on a 2-core CPU.
+and S to show it growing linearly besides the (S, S) boolean mask the step builds. It is not run by default (the
+dense reference needs about 2 GB of memory there).
 
 Every time ratio is taken repeat by repeat (ours and the reference timed within the same round) and printed as its
 median with its range; the date and load average are printed at the start and end.

@@ -26,7 +26,7 @@ taken repeat by repeat and printed as its median with its range in brackets. The
 at the start and end.
 
     python benchmarks/user_energy.py                         # S = 512 and 2048
-    python benchmarks/user_energy.py --seq 8192              # the long length: steps of about a minute each
+    python benchmarks/user_energy.py --seq 8192              # the long length: about 9 minutes on a 2-core CPU
     python benchmarks/user_energy.py --seq 256 --repeats 3   # a quick look
 """
 from __future__ import annotations
